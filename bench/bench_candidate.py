@@ -1,0 +1,107 @@
+"""Per-candidate time split (perturb, generate, score, restore) and candidates/s for a config, plus the
+noise generator's throughput next to torch.randn and a plain copy.
+
+    python bench/bench_candidate.py configs/demo.yaml [key=value ...] [--candidates 8]
+
+One process, the config's runtime.threads; the numbers are for this machine only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def bench_noise(n: int = 10**7) -> list[tuple[str, float]]:
+    import torch
+
+    from randopt_hpc import noise
+
+    rows = []
+    for impl in ("torch", "numba"):
+        noise.uint32_stream(1, "warmup", 0, 4096, impl=impl)
+        t0 = time.perf_counter()
+        noise.uint32_stream(123, "bench.weight", 0, n, impl=impl)
+        rows.append((f"Philox u32 stream ({impl})", n / (time.perf_counter() - t0)))
+    t0 = time.perf_counter()
+    noise.noise(123, "bench.weight", (n,), impl="auto")
+    rows.append(("normals, noise() auto", n / (time.perf_counter() - t0)))
+    base = torch.zeros(n)
+    p = torch.empty(n)
+    t0 = time.perf_counter()
+    noise.perturb_(p, base, 123, "bench.weight", 1e-3)
+    rows.append(("perturb_ (base + sigma*eps, f32)", n / (time.perf_counter() - t0)))
+    t0 = time.perf_counter()
+    torch.randn(n)
+    rows.append(("torch.randn", n / (time.perf_counter() - t0)))
+    t0 = time.perf_counter()
+    p.copy_(base)
+    rows.append(("plain copy (restore)", n / (time.perf_counter() - t0)))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--candidates", type=int, default=8)
+    args = ap.parse_args()
+
+    import torch
+
+    from randopt_hpc import population as pop
+    from randopt_hpc.backends import make_backend
+    from randopt_hpc.config import load_config
+    from randopt_hpc.data import load_examples
+    from randopt_hpc.tasks import get_task
+
+    cfg = load_config(args.config, args.overrides)
+    torch.set_num_threads(cfg.runtime.threads)
+    train, _ = load_examples(cfg)
+    t0 = time.perf_counter()
+    backend = make_backend(cfg)
+    load_s = time.perf_counter() - t0
+    task = get_task(cfg.task.name)
+    cands = pop.population(cfg.population.seed, cfg.population.size, cfg.population.sigmas,
+                           cfg.population.sigma_assignment)[:args.candidates]
+    backend.generate(train[:1])   # warm-up: first-call allocations are not a candidate's cost
+    split = {"perturb": 0.0, "generate": 0.0, "score": 0.0, "restore": 0.0}
+    start = time.perf_counter()
+    for c in cands:
+        t = time.perf_counter()
+        backend.perturb(c.seed, c.sigma)
+        split["perturb"] += time.perf_counter() - t
+        t = time.perf_counter()
+        texts = backend.generate(train)
+        split["generate"] += time.perf_counter() - t
+        t = time.perf_counter()
+        [task.score(x, ex) for x, ex in zip(texts, train)]
+        split["score"] += time.perf_counter() - t
+        t = time.perf_counter()
+        backend.restore()
+        split["restore"] += time.perf_counter() - t
+    total = time.perf_counter() - start
+    n = len(cands)
+    print(f"# bench_candidate: {args.config} {' '.join(args.overrides)}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+          f"threads {cfg.runtime.threads}, device {cfg.runtime.device}")
+    print(f"model: {backend.n_perturbed_elements():,} perturbed elements in {len(backend.names)} tensors, "
+          f"dtype {cfg.model.dtype}; load {load_s:.2f} s")
+    print(f"per candidate: {len(train)} train prompts, max_new_tokens {cfg.generation.max_new_tokens}, "
+          f"batch {cfg.generation.batch_size}, {n} candidates")
+    print(f"{'phase':<10} {'ms/candidate':>13} {'share':>7}")
+    for k, v in split.items():
+        print(f"{k:<10} {1000 * v / n:>13.1f} {100 * v / total:>6.1f}%")
+    print(f"{'total':<10} {1000 * total / n:>13.1f}")
+    print(f"candidates/s: {n / total:.2f}")
+    print("\nnoise throughput (10^7 elements, one call):")
+    for name, rate in bench_noise():
+        print(f"  {name:<36} {rate / 1e6:>8.1f} M/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+from randopt_hpc.version import __version__

@@ -1,0 +1,131 @@
+"""The launch environment as an object, and the communicator: the MPI world or a serial stand-in.
+
+Only this module imports mpi4py, and only when the process was launched by an MPI launcher
+(mpiexec, srun) or runtime.comm=mpi asks for it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+# Variables through which launchers tell a process its place in the world.
+_RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS")
+_LOCAL_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Test hook RANDOPT_FAULT=rank:R:candidate:C: rank R raises when it starts candidate C."""
+    rank: int
+    candidate: int
+
+    @staticmethod
+    def parse(text: str | None) -> "Fault | None":
+        if not text:
+            return None
+        parts = text.split(":")
+        if len(parts) != 4 or parts[0] != "rank" or parts[2] != "candidate" \
+                or not parts[1].isdigit() or not parts[3].isdigit():
+            raise ValueError(f"RANDOPT_FAULT: expected rank:R:candidate:C, got {text!r}")
+        return Fault(int(parts[1]), int(parts[3]))
+
+
+@dataclass(frozen=True)
+class Environment:
+    launched_rank: int | None     # what the launcher says, before MPI is initialised
+    launched_size: int | None
+    local_rank: int
+    hostname: str
+    slurm_job_id: str | None
+    fault: Fault | None
+
+    @staticmethod
+    def from_os(environ: dict | None = None) -> "Environment":
+        env = os.environ if environ is None else environ
+        first = lambda names: next((int(env[n]) for n in names if env.get(n, "").isdigit()), None)  # noqa: E731
+        return Environment(
+            launched_rank=first(_RANK_VARS), launched_size=first(_SIZE_VARS),
+            local_rank=first(_LOCAL_VARS) or 0, hostname=socket.gethostname(),
+            slurm_job_id=env.get("SLURM_JOB_ID"), fault=Fault.parse(env.get("RANDOPT_FAULT")))
+
+    @property
+    def under_launcher(self) -> bool:
+        return self.launched_size is not None
+
+    @property
+    def is_first(self) -> bool:
+        """Rank 0, or a plain process: the one that prints errors that every rank would print alike."""
+        return not self.launched_rank
+
+
+class SerialComm:
+    """The one-process world, with the methods of MPIComm."""
+    rank, size, mpi_version = 0, 1, "none (serial)"
+
+    def allgather(self, obj: Any) -> list:
+        return [obj]
+
+    def gather(self, obj: Any, root: int = 0) -> list:
+        return [obj]
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int = 1) -> None:
+        # Nothing to tear down; the caller re-raises.
+        pass
+
+
+class MPIComm:
+    def __init__(self):
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self._c = MPI.COMM_WORLD
+        self.rank, self.size = self._c.Get_rank(), self._c.Get_size()
+        self.mpi_version = MPI.Get_library_version().splitlines()[0].strip()
+
+    def allgather(self, obj: Any) -> list:
+        return self._c.allgather(obj)
+
+    def gather(self, obj: Any, root: int = 0) -> list | None:
+        return self._c.gather(obj, root=root)
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return self._c.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        self._c.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        # Ends every rank: the others may be blocked in a collective that will never complete.
+        logging.getLogger("randopt_hpc").error("aborting the MPI world (exit %d)", code)
+        for h in logging.getLogger("randopt_hpc").handlers:
+            h.flush()
+        sys.stderr.flush()
+        self._c.Abort(code)
+
+
+def make_comm(mode: str, env: Environment):
+    if mode == "serial" or (mode == "auto" and not env.under_launcher):
+        return SerialComm()
+    return MPIComm()
+
+
+def setup_logging(rank: int, size: int) -> logging.Logger:
+    log = logging.getLogger("randopt_hpc")
+    log.handlers.clear()
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}/{size}] %(message)s", "%H:%M:%S"))
+    log.addHandler(h)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log

@@ -1,0 +1,311 @@
+"""Typed run configuration: frozen dataclasses, YAML + dotted overrides, validated where built.
+
+Every error is a ConfigError whose message starts with the dotted field name; run.py prints it as
+one line and exits 2, before MPI or any model is touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""
+    dtype: str = "float32"
+
+    def validate(self) -> None:
+        _require(self.path != "", "model.path", "is required")
+        _require(os.path.isdir(self.path), "model.path", f"not a directory: {self.path}")
+        _require(os.path.isfile(os.path.join(self.path, "config.json")), "model.path",
+                 f"no config.json in {self.path} (expected a Hugging Face model folder)")
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "countdown"
+    data: str | None = None      # a .json/.jsonl file, or null for synthetic problems
+    train_size: int = 200
+    test_size: int = 2000
+    seed: int = 0                # seed of the synthetic problems
+
+    def validate(self) -> None:
+        _choice("task.name", self.name, ("countdown",))
+        if self.data is not None:
+            _require(os.path.isfile(self.data), "task.data", f"no such file: {self.data}")
+        _require(self.train_size >= 1, "task.train_size", f"must be >= 1, got {self.train_size}")
+        _require(self.test_size >= 1, "task.test_size", f"must be >= 1, got {self.test_size}")
+        _require(self.seed >= 0, "task.seed", f"must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class PopulationConfig:
+    size: int = 64
+    seed: int = 0
+    sigmas: tuple[float, ...] = (1e-3,)
+    sigma_assignment: str = "random"       # random: uniform with replacement (reference code); blocked: paper
+    include: tuple[str, ...] = ()          # regexes on checkpoint tensor names; empty = every tensor
+    exclude: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        _require(self.size >= 1, "population.size", f"must be >= 1, got {self.size}")
+        _require(0 <= self.seed < 2**63, "population.seed", f"must be in [0, 2**63), got {self.seed}")
+        _require(len(self.sigmas) >= 1, "population.sigmas", "must list at least one sigma")
+        for s in self.sigmas:
+            _require(s > 0 and s == s and s != float("inf"), "population.sigmas", f"each sigma must be > 0 and finite, got {s}")
+        _choice("population.sigma_assignment", self.sigma_assignment, ("random", "blocked"))
+        for key in ("include", "exclude"):
+            for pattern in getattr(self, key):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ConfigError(f"population.{key}: bad regex {pattern!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    top_k: tuple[int, ...] = (1, 5, 10)
+    control: bool = True          # also vote K unselected members (the first K by index)
+
+    def validate(self, n: int) -> None:
+        _require(len(self.top_k) >= 1, "selection.top_k", "must list at least one K")
+        for k in self.top_k:
+            _require(1 <= k <= n, "selection.top_k", f"each K must be in [1, population.size={n}], got {k}")
+        _require(len(set(self.top_k)) == len(self.top_k), "selection.top_k", f"duplicate K in {list(self.top_k)}")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 1024
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        _require(self.max_new_tokens >= 1, "generation.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _require(self.batch_size >= 1, "generation.batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs/default"
+    overwrite: bool = False          # start afresh even if the folder holds a run (finished or not)
+    save_text: bool = False          # keep raw completions of every candidate and member (large at scale);
+                                     # extracted answers and the base model's completions are always kept
+
+    def validate(self) -> None:
+        _require(self.dir != "", "output.dir", "is required")
+        _require(not os.path.isfile(self.dir), "output.dir", f"is a file: {self.dir}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    comm: str = "auto"         # auto: MPI when launched by mpiexec/srun, else serial
+    threads: int = 1           # torch threads per rank; one rank per core is the HPC way, and results
+                               # must not depend on the thread count
+    device: str = "cpu"
+    noise_impl: str = "auto"   # auto | torch | numba
+    progress_every_s: float = 5.0
+
+    def validate(self) -> None:
+        _choice("runtime.comm", self.comm, ("auto", "mpi", "serial"))
+        _require(self.threads >= 1, "runtime.threads", f"must be >= 1, got {self.threads}")
+        _require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "runtime.device",
+                 f"must be cpu, cuda or cuda:N, got {self.device!r}")
+        _choice("runtime.noise_impl", self.noise_impl, ("auto", "torch", "numba"))
+        _require(self.progress_every_s > 0, "runtime.progress_every_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backend: str = "hf"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        _choice("backend", self.backend, ("hf", "vllm"))
+        _require(self.backend == "hf", "backend", "'vllm' is not available yet in this version; use 'hf'")
+        self.task.validate()
+        self.population.validate()
+        self.selection.validate(self.population.size)
+        self.generation.validate()
+        self.output.validate()
+        self.runtime.validate()
+        return self
+
+    @property
+    def k_max(self) -> int:
+        return max(self.selection.top_k)
+
+
+# Fields that do not change any result: a rerun may change them and still resume.
+# Batch size and thread count stay in: padding and reduction order can flip a greedy argmax.
+NON_RESULT_FIELDS = ("output.dir", "output.overwrite", "runtime.comm", "runtime.progress_every_s",
+                     "runtime.noise_impl")
+
+
+def _require(ok: bool, name: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {problem}")
+
+
+def _choice(name: str, value: Any, valid: tuple) -> None:
+    _require(value in valid, name, f"must be one of {', '.join(map(str, valid))}; got {value!r}")
+
+
+# ---------------------------------------------------------------- building from YAML and overrides
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Check/convert one leaf value to its declared type; YAML already typed most scalars."""
+    origin = get_origin(typ)
+    if origin is tuple:
+        item_t = get_args(typ)[0]
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]   # `population.sigmas=1e-3` means a one-element list
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(f"{name}[{i}]", v, item_t) for i, v in enumerate(value))
+    if typ in ("str | None", str | None) or (origin is not None and type(None) in get_args(typ)):
+        return None if value is None else _coerce(name, value, str)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)   # 1e3 written for an int
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)   # a path or name that YAML read as a number
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    raise ConfigError(f"{name}: unsupported type {typ}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in valid:
+            raise ConfigError(f"{name}: unknown key; valid keys: {', '.join(prefix + v for v in valid)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value if value is not None else {}, f"{name}.")
+        else:
+            kwargs[key] = _coerce(name, value, typ)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (['a', 'b'], typed value); the value is read as YAML (1e-3, [1, 2], true, null)."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: an override must look like key=value (for example population.size=64)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(f"{key or '(empty)'}: not a dotted config key")
+    # YAML 1.1 reads `1e-3` as a string; numbers in scientific notation are what users type for sigma.
+    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", raw.strip()):
+        value: Any = float(raw)
+    else:
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {str(e).splitlines()[0]}") from None
+        value = _floats_in(value)
+    return key.split("."), value
+
+
+def _floats_in(value: Any) -> Any:
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_floats_in(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _floats_in(v) for k, v in value.items()}
+    return value
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    """YAML file (or nothing) + overrides -> a validated Config."""
+    data: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config: no such file: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: {path} must hold a mapping at the top level")
+        data = _floats_in(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{'.'.join(keys[:i + 1])}: is a value, not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return _build(Config, data, "").validate()
+
+
+def to_dict(cfg: Any) -> dict:
+    out = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def result_fingerprint(cfg: Config) -> dict:
+    """The flattened fields that define results: a resumed run must match these exactly."""
+    flat: dict = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif f"{prefix}{k}" not in NON_RESULT_FIELDS:
+                flat[f"{prefix}{k}"] = v
+    walk(to_dict(cfg), "")
+    return flat
+
+
+def fingerprint_hash(cfg: Config) -> str:
+    return hashlib.sha256(yaml.safe_dump(result_fingerprint(cfg), sort_keys=True).encode()).hexdigest()[:16]

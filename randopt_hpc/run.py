@@ -1,0 +1,204 @@
+"""The main job: `python -m randopt_hpc.run CONFIG [key=value ...]` (under mpiexec/srun or alone).
+
+Reads top to bottom as the algorithm: evaluate my candidates -> allgather scores -> one ranking ->
+members answer the test set -> vote -> results.h5. Helpers below keep each step short.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from randopt_hpc import population as pop
+from randopt_hpc import results, select
+from randopt_hpc.comm import Environment, make_comm, setup_logging
+from randopt_hpc.config import ConfigError, fingerprint_hash, load_config, result_fingerprint, to_yaml
+from randopt_hpc.progress import Progress, Timer
+
+USAGE = "usage: python -m randopt_hpc.run CONFIG.yaml [key=value ...]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    env = Environment.from_os()
+    try:
+        if not argv or argv[0] in ("-h", "--help") or "=" in argv[0]:
+            raise ConfigError(f"config: a config file comes first; {USAGE}")
+        cfg = load_config(argv[0], argv[1:])
+        from randopt_hpc.data import load_examples
+
+        train, test = load_examples(cfg)
+        if check_output_dir(cfg) == "finished":
+            if env.is_first:
+                print(f"randopt_hpc: {os.path.join(cfg.output.dir, results.RESULTS)} is already finished for "
+                      "this config; nothing to do (output.overwrite=true starts afresh)", file=sys.stderr)
+            return 0
+    except ConfigError as e:
+        if env.is_first:   # every rank validates alike; one line is enough
+            print(f"randopt_hpc: error: {e}", file=sys.stderr)
+        return 2
+    comm = make_comm(cfg.runtime.comm, env)
+    log = setup_logging(comm.rank, comm.size)
+    try:
+        run(cfg, comm, env, log, train, test)
+    except BaseException:
+        log.exception("failed")
+        comm.abort(1)   # MPI: ends every rank, never a hang in a collective
+        raise
+    return 0
+
+
+def check_output_dir(cfg) -> str:
+    """'fresh', 'resume' or 'finished'; a folder holding another config's run is an error."""
+    out = cfg.output.dir
+    if cfg.output.overwrite or not os.path.isdir(out):
+        return "fresh"
+    run_yaml = os.path.join(out, results.RUN_YAML)
+    has_results = os.path.exists(os.path.join(out, results.RESULTS))
+    if not os.path.exists(run_yaml):
+        if has_results or os.path.isdir(os.path.join(out, "shards")):
+            raise ConfigError(f"output.dir: {out} holds results of an unknown config; "
+                              "choose another output.dir or set output.overwrite=true")
+        return "fresh"
+    import yaml
+
+    from randopt_hpc.config import _build, Config
+
+    with open(run_yaml, encoding="utf-8") as f:
+        old = result_fingerprint(_build(Config, yaml.safe_load(f), ""))
+    new = result_fingerprint(cfg)
+    diff = [k for k in new if old.get(k) != new[k]]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"output.dir: {out} holds a run with another config ({k}: {old.get(k)!r} there, "
+                          f"{new[k]!r} here); choose another output.dir or set output.overwrite=true")
+    return "finished" if has_results else "resume"
+
+
+def run(cfg, comm, env, log, train, test) -> None:
+    # numba's pool and torch's both get this rank's share of cores (one rank per core is the norm).
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(cfg.runtime.threads))
+    import torch
+
+    from randopt_hpc.backends import make_backend
+    from randopt_hpc.tasks import get_task
+
+    torch.set_num_threads(cfg.runtime.threads)
+    timer = Timer()
+    out, rank, size, n = cfg.output.dir, comm.rank, comm.size, cfg.population.size
+    if rank == 0:
+        if cfg.output.overwrite:
+            results.clear_run(out)
+        os.makedirs(out, exist_ok=True)
+        if not os.path.exists(os.path.join(out, results.RUN_YAML)):
+            with open(os.path.join(out, results.RUN_YAML), "w", encoding="utf-8") as f:
+                f.write(to_yaml(cfg))
+    comm.barrier()
+
+    records = results.read_shards(out)
+    done = results.index_records(records, "candidate")
+    cands = pop.population(cfg.population.seed, n, cfg.population.sigmas, cfg.population.sigma_assignment)
+    mine = pop.owned(range(n), rank, size)
+    todo = [i for i in mine if i not in done]
+    log.info("%d candidates of %d are mine, %d already done; %d train / %d test examples",
+             len(mine), n, len(mine) - len(todo), len(train), len(test))
+
+    with timer("load"):
+        backend = make_backend(cfg)
+        task = get_task(cfg.task.name)
+    shard = results.Shard(out, rank)
+
+    def answer(examples, split):
+        with timer("generate"):
+            texts = backend.generate(examples)
+        with timer("score"):
+            scored = [task.score(t, ex) for t, ex in zip(texts, examples)]
+        return texts, {"rewards": [s.reward for s in scored], "correct": [bool(s.correct) for s in scored],
+                       "keys": [s.key for s in scored], "answers": [s.answer for s in scored]}
+
+    # The base model: rank 0 answers both splits once (kept across restarts like everything else).
+    base = results.index_records(records, "base")
+    if rank == 0:
+        for split, examples in (("train", train), ("test", test)):
+            if split not in base:
+                texts, rec = answer(examples, split)
+                base[split] = {"type": "base", "split": split, **rec, "texts": texts}
+                shard.append(base[split])
+        log.info("base model: train accuracy %.3f, test accuracy %.3f",
+                 _mean(base["train"]["correct"]), _mean(base["test"]["correct"]))
+
+    # Population: perturb -> answer the train set -> score -> restore, one candidate at a time.
+    progress = Progress(out, n, len(done), cfg.runtime.progress_every_s, log) if rank == 0 else None
+    for i in todo:
+        if env.fault and env.fault.rank == rank and env.fault.candidate == i:
+            raise RuntimeError(f"RANDOPT_FAULT: injected failure at candidate {i}")
+        c = cands[i]
+        t0 = time.perf_counter()
+        with timer("perturb"):
+            backend.perturb(c.seed, c.sigma)
+        texts, rec = answer(train, "train")
+        with timer("restore"):
+            backend.restore()
+        done[i] = {"type": "candidate", "index": i, "seed": c.seed, "sigma": c.sigma,
+                   "score": _mean(rec["rewards"]), "accuracy": _mean(rec["correct"]), **rec,
+                   "texts": texts if cfg.output.save_text else None,
+                   "rank": rank, "seconds": time.perf_counter() - t0}
+        shard.append(done[i])
+        timer.count("candidates")
+
+    # One global ranking from everyone's scores; every top-K is a prefix of it.
+    with timer("wait"):
+        pairs = [p for part in comm.allgather([(i, done[i]["score"]) for i in mine]) for p in part]
+    if progress:
+        progress.stop()
+    order = select.ranking([i for i, _ in pairs], [s for _, s in pairs])
+    best_score = dict(pairs)[order[0]]
+    selected = order[:cfg.k_max]
+    control = select.control_members(n, cfg.k_max) if cfg.selection.control else []
+    members = list(dict.fromkeys(selected + control))
+    log.info("ranking done: best candidate %d (score %.4f); %d members answer the test set",
+             order[0], best_score, len(members))
+
+    # Members answer the test set, spread over the ranks.
+    member_recs = results.index_records(records, "member")
+    my_members = [m for j, m in enumerate(members) if j % size == rank]
+    for m in my_members:
+        if m in member_recs:
+            continue
+        c = cands[m]
+        with timer("perturb"):
+            backend.perturb(c.seed, c.sigma)
+        texts, rec = answer(test, "test")
+        with timer("restore"):
+            backend.restore()
+        member_recs[m] = {"type": "member", "index": m, **rec, "texts": texts if cfg.output.save_text else None}
+        shard.append(member_recs[m])
+    shard.close()
+
+    with timer("wait"):
+        gathered = comm.allgather({m: member_recs[m] for m in my_members})
+        cand_parts = comm.gather([done[i] for i in mine])
+        timings = comm.gather({"rank": rank, "hostname": env.hostname, **timer.totals()})
+        hostnames = comm.allgather(env.hostname)
+    if rank == 0:
+        from randopt_hpc.report import build_tree, provenance, summary_table
+
+        all_members = {m: r for part in gathered for m, r in part.items()}
+        population = sorted((r for part in cand_parts for r in part), key=lambda r: r["index"])
+        tree, summary = build_tree(cfg, train, test, base, population, order, selected, control,
+                                   all_members, timings)
+        attrs = provenance(cfg, comm, hostnames, to_yaml(cfg), fingerprint_hash(cfg))
+        path = results.write_results(out, tree, attrs)
+        log.info("summary (N=%d, K=%s, sigmas=%s):\n%s", n, list(cfg.selection.top_k),
+                 list(cfg.population.sigmas), summary_table(summary))
+        log.info("results: %s", os.path.abspath(path))
+    comm.barrier()
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(sum(xs)) / len(xs) if xs else float("nan")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

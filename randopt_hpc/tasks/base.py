@@ -1,0 +1,78 @@
+"""What every task shares: the example and score records, and helpers for reading model output.
+
+Pure code: a separate module reads data files and hands tasks a list of dicts. Model output is
+hostile input, so the tag helpers below use str.find (linear time) instead of lazy regexes, whose
+backtracking is quadratic on inputs with many unmatched opening tags.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str                 # stable id (the data file's id field, else the row index), used in results files
+    prompt: str             # raw prompt text, used when the tokenizer has no chat template
+    messages: tuple         # ((role, content), ...) used with a chat template
+    response_prefix: str    # text the raw prompt ends with that the model's response continues
+    numbers: tuple = ()     # task payload (Countdown: ints)
+    target: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scored:
+    reward: float           # selection score
+    correct: bool           # exact correctness (reported accuracy; never the reward)
+    key: str | None         # voting key; None = abstain (no valid answer)
+    answer: str | None      # extracted answer text, None if absent
+
+
+def record_id(row: dict, index: int) -> str:
+    """The row's own id when it has one, else its position, so results files can be joined back."""
+    rid = row.get("id")
+    return str(index) if rid is None else str(rid)
+
+
+def tag_spans(text: str, tag: str) -> list[tuple[int, int]]:
+    """(start, end) of the contents of every <tag>…</tag>, exactly as
+    re.finditer(r"<tag>(.*?)</tag>", text, re.DOTALL) would give them, in linear time."""
+    open_, close = f"<{tag}>", f"</{tag}>"
+    spans, pos = [], 0
+    while True:
+        s = text.find(open_, pos)
+        if s < 0:
+            return spans
+        e = text.find(close, s + len(open_))
+        if e < 0:
+            # No closing tag after this opening, so none after any later opening either.
+            return spans
+        spans.append((s + len(open_), e))
+        pos = e + len(close)
+
+
+def has_tag_pair(text: str, tag: str) -> bool:
+    """re.search(r"<tag>.*?</tag>", text, re.DOTALL) is not None, in linear time."""
+    s = text.find(f"<{tag}>")
+    return s >= 0 and text.find(f"</{tag}>", s + len(tag) + 2) >= 0
+
+
+def last_tag_content(text: str, tag: str) -> str | None:
+    """Contents of the last <tag>…</tag> (None when there is none)."""
+    spans = tag_spans(text, tag)
+    if not spans:
+        return None
+    s, e = spans[-1]
+    return text[s:e]
+
+
+def split_first_last(examples: list, train_size: int, test_size: int) -> tuple[list, list]:
+    """train = the first train_size examples, test = the last test_size (the paper selects on the
+    first 200 and tests on the last 2000, so the two never overlap when they fit)."""
+    for name, v in (("task.train_size", train_size), ("task.test_size", test_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    n = len(examples)
+    if train_size + test_size > n:
+        raise ValueError(f"task.train_size + task.test_size = {train_size} + {test_size} = "
+                         f"{train_size + test_size} exceeds the {n} examples in the data")
+    return list(examples[:train_size]), list(examples[n - test_size:])

@@ -1,0 +1,68 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+IN_CI = os.environ.get("CI") == "true"
+
+
+def mpiexec() -> str:
+    exe = Path(sys.executable).parent / "mpiexec"
+    if exe.exists():
+        return str(exe)
+    if IN_CI:
+        pytest.fail("mpiexec is missing from the virtual environment (pip install mpich)")
+    pytest.skip("no mpiexec beside the interpreter")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny Llama with a character tokenizer, taught the answer format for a few steps so that
+    perturbed copies score differently (built once per test session, never downloaded)."""
+    import torch
+
+    from tools.make_tiny_model import build
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        build(str(out), seed=0, train_steps=100)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def write_config(path: Path, model: Path, out: Path, **sections) -> Path:
+    cfg = {
+        "model": {"path": str(model), "dtype": "float32"},
+        "backend": "hf",
+        "task": {"name": "countdown", "data": None, "train_size": 6, "test_size": 6, "seed": 3},
+        "population": {"size": 12, "seed": 11, "sigmas": [5e-3, 2e-2], "sigma_assignment": "random"},
+        "selection": {"top_k": [1, 3], "control": True},
+        "generation": {"max_new_tokens": 48, "batch_size": 4},
+        "output": {"dir": str(out)},
+        "runtime": {"threads": 1, "progress_every_s": 1.0},
+    }
+    for section, values in sections.items():
+        cfg[section].update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def launch(cfg: Path, nproc: int | None, *overrides: str, env: dict | None = None, timeout: float = 300,
+           popen: bool = False):
+    """Run the main job: under real mpiexec with nproc ranks, or as a plain process when nproc is None."""
+    cmd = [sys.executable, "-m", "randopt_hpc.run", str(cfg), *overrides]
+    if nproc is not None:
+        cmd = [mpiexec(), "-n", str(nproc), *cmd]
+    full_env = {k: v for k, v in os.environ.items() if k != "RANDOPT_FAULT"}
+    full_env.update(env or {})
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,147 @@
+"""The main job under real mpiexec: determinism across rank counts, resume after SIGKILL, fault abort."""
+import json
+import os
+import signal
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from randopt_hpc import results
+from randopt_hpc.progress import count_done
+from tests.conftest import launch, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def assert_same_results(a: str, b: str) -> None:
+    ra, rb = results.comparable(a), results.comparable(b)
+    assert sorted(ra) == sorted(rb)
+    for k in ra:
+        assert np.array_equal(ra[k], rb[k]), f"{k} differs between {a} and {b}"
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, tmp_path_factory):
+    """The same config on 1, 2 and 3 ranks and as a plain process."""
+    tmp = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, nproc in (("np1", 1), ("np2", 2), ("np3", 3), ("serial", None)):
+        cfg = write_config(tmp / f"{name}.yaml", tiny_model, tmp / name)
+        p = launch(cfg, nproc)
+        assert p.returncode == 0, p.stderr[-3000:]
+        out[name] = (tmp / name / "results.h5", p.stderr)
+    return out
+
+
+def test_identical_results_on_1_2_3_ranks(runs):
+    ref = str(runs["np1"][0])
+    for name in ("np2", "np3", "serial"):
+        assert_same_results(ref, str(runs[name][0]))
+    with h5py.File(ref) as f:
+        scores = f["population/train_score"][()]
+        assert len(set(scores.tolist())) > 1, "all candidates scored alike: the test would prove nothing"
+        assert f["ensemble/selected/members"][0] == f["selection/ranking"][0]
+    with h5py.File(runs["np3"][0]) as f:
+        assert sorted(set(f["population/rank"][()].tolist())) == [0, 1, 2]
+        assert f.attrs["world_size"] == 3
+
+
+def test_results_file_contract(runs):
+    path, stderr = runs["np2"]
+    with h5py.File(path) as f:
+        assert f.attrs["schema_version"] == 1
+        for key in ("package_version", "git_commit", "created", "config", "hostnames", "versions"):
+            assert key in f.attrs
+        n, m = f["population/train_correct"].shape
+        assert (n, m) == (12, 6)
+        assert f["population/seed"].shape == (12,) and f["population/sigma"].shape == (12,)
+        assert f["ensemble/selected/test_key"].shape == (3, 6)
+        assert f["ensemble/control/members"][()].tolist() == [0, 1, 2]
+        assert f["ensemble/selected/accuracy"].shape == (2,)
+        assert f["base/test_correct"].shape == (6,)
+        assert f["timing/busy"].shape == (2,)
+        # the vote can be recomputed offline from the stored member answers
+        from randopt_hpc import vote
+        keys = [[k.decode() or None for k in row] for row in f["ensemble/selected/test_key"][()]]
+        ok = f["ensemble/selected/test_correct"][()].tolist()
+        assert vote.vote(keys, ok, 3)[1] == f["ensemble/selected/voted_correct"][1].tolist()
+    for line in ("[rank 0/2]", "[rank 1/2]", "top-3 vote", "control-3 vote", "best single", "results: "):
+        assert line in stderr
+
+
+def test_sigkill_one_rank_then_rerun_equals_uninterrupted(runs, tiny_model, tmp_path):
+    out = tmp_path / "killed"
+    cfg = write_config(tmp_path / "killed.yaml", tiny_model, out)
+    proc = launch(cfg, 2, popen=True)
+    victim = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if count_done(str(out)) >= 3:
+            victim = _rank_pid(str(cfg), 1)
+            if victim:
+                os.kill(victim, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.communicate(timeout=120)
+    assert victim is not None, "the run ended before a rank could be killed"
+    assert proc.returncode != 0
+    assert not (out / "results.h5").exists()
+    done_before = count_done(str(out))
+    assert 3 <= done_before < 12
+    again = launch(cfg, 2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{done_before} already done" in again.stderr or "already done" in again.stderr
+    assert_same_results(str(runs["np2"][0]), str(out / "results.h5"))
+    indices = [r["index"] for r in results.read_shards(str(out)) if r["type"] == "candidate"]
+    assert sorted(indices) == list(range(12))         # every candidate exactly once across the shards
+
+
+def test_resume_with_another_rank_count(runs, tiny_model, tmp_path):
+    """Candidates finished by 3 ranks are reused by 2; the result is the same."""
+    out = tmp_path / "regrow"
+    cfg = write_config(tmp_path / "regrow.yaml", tiny_model, out)
+    first = launch(cfg, 3, env={"RANDOPT_FAULT": "rank:2:candidate:8"})
+    assert first.returncode != 0
+    done = count_done(str(out))
+    assert done >= 1
+    second = launch(cfg, 2)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_same_results(str(runs["np2"][0]), str(out / "results.h5"))
+    indices = [r["index"] for r in results.read_shards(str(out)) if r["type"] == "candidate"]
+    assert sorted(indices) == list(range(12))
+
+
+def test_fault_on_one_rank_aborts_the_job(tiny_model, tmp_path):
+    cfg = write_config(tmp_path / "fault.yaml", tiny_model, tmp_path / "fault")
+    t0 = time.time()
+    p = launch(cfg, 2, env={"RANDOPT_FAULT": "rank:1:candidate:5"}, timeout=120)
+    elapsed = time.time() - t0
+    assert p.returncode != 0
+    assert "[rank 1/2]" in p.stderr and "RANDOPT_FAULT: injected failure at candidate 5" in p.stderr
+    assert elapsed < 90, f"took {elapsed:.0f} s: a hang, not an abort"
+    print(f"fault run ended with exit {p.returncode} after {elapsed:.1f} s")
+
+
+def test_fault_in_a_plain_process_exits_nonzero(tiny_model, tmp_path):
+    cfg = write_config(tmp_path / "fault1.yaml", tiny_model, tmp_path / "fault1")
+    p = launch(cfg, None, env={"RANDOPT_FAULT": "rank:0:candidate:2"}, timeout=120)
+    assert p.returncode != 0 and "injected failure at candidate 2" in p.stderr
+
+
+def _rank_pid(cfg_path: str, rank: int) -> int | None:
+    """The pid of the python process of MPI rank `rank` running this config (from /proc)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            if b"randopt_hpc.run" not in cmd or cfg_path.encode() not in cmd or b"mpiexec" in cmd[0]:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            if env.get(b"PMI_RANK") == str(rank).encode():
+                return int(pid)
+        except OSError:
+            continue
+    return None

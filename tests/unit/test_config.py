@@ -1,0 +1,124 @@
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from randopt_hpc.config import ConfigError, load_config, parse_override, result_fingerprint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def base_cfg(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "five.jsonl"
+    data.write_text("".join(json.dumps({"numbers": [1, 2, 3], "target": 6}) + "\n" for _ in range(5)))
+    cfg = {"model": {"path": str(model)}, "task": {"name": "countdown", "data": None, "train_size": 4, "test_size": 4},
+           "population": {"size": 8, "sigmas": [1e-3]}, "selection": {"top_k": [1, 4]},
+           "output": {"dir": str(tmp_path / "out")}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, tmp_path
+
+
+def test_overrides_are_typed():
+    assert parse_override("population.sigmas=1e-3") == (["population", "sigmas"], 1e-3)
+    assert parse_override("population.sigmas=[1e-3, 2e-3]")[1] == [1e-3, 2e-3]
+    assert parse_override("selection.top_k=[1,5]")[1] == [1, 5]
+    assert parse_override("output.overwrite=true")[1] is True
+    assert parse_override("task.data=null")[1] is None
+    assert parse_override("population.size=64")[1] == 64
+
+
+def test_load_with_overrides(base_cfg):
+    path, _ = base_cfg
+    cfg = load_config(str(path), ["population.sigmas=[5e-3, 1e-2]", "population.size=16", "selection.top_k=2"])
+    assert cfg.population.sigmas == (5e-3, 1e-2)
+    assert cfg.population.size == 16
+    assert cfg.selection.top_k == (2,)
+    with pytest.raises(ConfigError, match=r"^population.bogus: unknown key; valid keys: population.size"):
+        load_config(str(path), ["population.bogus=1"])
+
+
+def test_fingerprint_ignores_only_non_result_fields(base_cfg):
+    path, _ = base_cfg
+    a = result_fingerprint(load_config(str(path)))
+    assert a == result_fingerprint(load_config(str(path), ["output.overwrite=true", "runtime.comm=serial"]))
+    assert a != result_fingerprint(load_config(str(path), ["population.seed=1"]))
+
+
+BAD = [
+    (["foo=1"], "foo"),
+    (["population.sizee=3"], "population.sizee"),
+    (["population.size=0"], "population.size"),
+    (["population.size=abc"], "population.size"),
+    (["population.size=1.5"], "population.size"),
+    (["selection.top_k=[1, 100]"], "selection.top_k"),
+    (["selection.top_k=[]"], "selection.top_k"),
+    (["selection.top_k=[2, 2]"], "selection.top_k"),
+    (["population.sigmas=[0.0]"], "population.sigmas"),
+    (["population.sigmas=[-1e-3]"], "population.sigmas"),
+    (["population.sigmas=abc"], "population.sigmas"),
+    (["population.sigma_assignment=striped"], "population.sigma_assignment"),
+    (["population.include=['(']"], "population.include"),
+    (["model.path=/nonexistent/model"], "model.path"),
+    (["model.dtype=float64"], "model.dtype"),
+    (["backend=tpu"], "backend"),
+    (["task.name=gsm9k"], "task.name"),
+    (["task.data=/nonexistent.json"], "task.data"),
+    (["task.train_size=0"], "task.train_size"),
+    (["generation.max_new_tokens=0"], "generation.max_new_tokens"),
+    (["generation.batch_size=-1"], "generation.batch_size"),
+    (["runtime.comm=tcp"], "runtime.comm"),
+    (["output.overwrite=maybe"], "output.overwrite"),
+    (["population=3"], "population"),
+    (["noequals"], "noequals"),
+    (["population.seed=7"], "output.dir"),             # the folder holds a run of another config
+    (["task.data={data}", "task.train_size=4", "task.test_size=4"], "task"),   # 5 rows < 8
+]
+
+
+@pytest.mark.parametrize("overrides,field", BAD, ids=[b[0][0] for b in BAD])
+def test_bad_config_exits_2_with_one_line_and_keeps_results(base_cfg, overrides, field):
+    path, tmp = base_cfg
+    out = tmp / "out"
+    out.mkdir()
+    # a finished run of the good config lives in output.dir
+    (out / "run.yaml").write_text(yaml.safe_dump(yaml.safe_load(path.read_text())))
+    from randopt_hpc.config import to_yaml
+    (out / "run.yaml").write_text(to_yaml(load_config(str(path))))
+    (out / "results.h5").write_bytes(os.urandom(4096))
+    before = hashlib.sha256((out / "results.h5").read_bytes()).hexdigest()
+    overrides = [o.replace("{data}", str(tmp / "five.jsonl")) for o in overrides]
+    p = subprocess.run([sys.executable, "-m", "randopt_hpc.run", str(path), *overrides],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2, p.stderr
+    assert len(lines) == 1, p.stderr
+    assert field in lines[0]
+    assert hashlib.sha256((out / "results.h5").read_bytes()).hexdigest() == before
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "randopt_hpc.run", str(tmp_path / "nope.yaml")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 2 and "no such file" in p.stderr
+
+
+def test_finished_run_is_not_redone(base_cfg):
+    path, tmp = base_cfg
+    out = tmp / "out"
+    out.mkdir()
+    from randopt_hpc.config import to_yaml
+    (out / "run.yaml").write_text(to_yaml(load_config(str(path))))
+    (out / "results.h5").write_bytes(b"x" * 10)
+    p = subprocess.run([sys.executable, "-m", "randopt_hpc.run", str(path)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert p.returncode == 0 and "already finished" in p.stderr
+    assert (out / "results.h5").read_bytes() == b"x" * 10

@@ -1,0 +1,52 @@
+"""Population, selection and vote: the pure core."""
+import pytest
+
+from randopt_hpc import population as pop
+from randopt_hpc import select, vote
+
+
+def test_candidate_is_its_index():
+    a = pop.population(7, 50, (1e-3, 2e-3, 3e-3), "random")
+    for i in (0, 13, 49):
+        assert pop.candidate(7, i, 50, (1e-3, 2e-3, 3e-3), "random") == a[i]
+    assert len({c.seed for c in a}) == 50
+    assert all(0 <= c.seed < 2**63 for c in a)
+    assert pop.population(8, 50, (1e-3,), "random")[0].seed != a[0].seed
+
+
+def test_owned_partitions_for_any_size():
+    for size in (1, 2, 3, 7):
+        parts = [pop.owned(range(20), r, size) for r in range(size)]
+        assert sorted(i for p in parts for i in p) == list(range(20))
+        assert all(i % size == r for r, p in enumerate(parts) for i in p)
+
+
+def test_sigma_assignment():
+    sig = (1e-3, 2e-3, 3e-3)
+    blocked = [c.sigma for c in pop.population(0, 9, sig, "blocked")]
+    assert blocked == [1e-3] * 3 + [2e-3] * 3 + [3e-3] * 3
+    rnd = [c.sigma for c in pop.population(0, 3000, sig, "random")]
+    counts = [rnd.count(s) for s in sig]
+    assert all(900 < c < 1100 for c in counts)          # uniform with replacement
+    assert rnd[:20] != sorted(rnd[:20])
+
+
+def test_ranking_ties_by_index_and_prefixes():
+    order = select.ranking([5, 1, 3, 2, 4], [0.5, 0.9, 0.5, float("nan"), 0.9])
+    assert order == [1, 4, 3, 5, 2]
+    assert select.top_k(order, 2) == [1, 4]
+    with pytest.raises(ValueError):
+        select.ranking([1, 1], [0.0, 0.0])
+    assert select.control_members(10, 3) == [0, 1, 2]
+
+
+def test_vote_majority_and_first_seen_tie_break():
+    assert vote.vote_item(["a", "b", "b", None]) == ("b", 1)
+    assert vote.vote_item(["a", "b", "b", "a"]) == ("a", 0)      # tie -> first in ranking order
+    assert vote.vote_item([None, "", None]) == (None, -1)
+    keys = [["6", None, "1"], ["7", None, "2"], ["7", None, "2"]]
+    ok = [[True, False, False], [False, False, True], [False, False, True]]
+    assert vote.vote(keys, ok, 1) == (["6", None, "1"], [True, False, False])
+    voted, correct = vote.vote(keys, ok, 3)
+    assert voted == ["7", None, "2"] and correct == [False, False, True]
+    assert vote.accuracy(correct) == pytest.approx(1 / 3)

@@ -1,0 +1,70 @@
+"""The HF backend on the tiny model: perturb/restore exactness, tied weights, selection of tensors."""
+import pytest
+import torch
+
+from randopt_hpc import noise
+from randopt_hpc.backends.hf import HFBackend
+from randopt_hpc.tasks import countdown
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return HFBackend(str(tiny_model), "float32", max_new_tokens=8, batch_size=3)
+
+
+def _state(b):
+    return {n: p.detach().clone() for n, p in b.model.named_parameters()}
+
+
+def test_tied_weights_are_perturbed_once(backend):
+    assert backend.model.lm_head.weight is backend.model.model.embed_tokens.weight
+    assert "model.embed_tokens.weight" in backend.names and "lm_head.weight" not in backend.names
+    base = _state(backend)
+    backend.perturb(5, 1e-2)
+    w = backend.model.model.embed_tokens.weight.detach()
+    expected = base["model.embed_tokens.weight"] + 1e-2 * noise.noise(5, "model.embed_tokens.weight", w.shape)
+    assert torch.allclose(w, expected, atol=1e-6)
+    backend.restore()
+
+
+def test_100_cycles_restore_bitwise(backend):
+    base = _state(backend)
+    for s in range(100):
+        backend.perturb(s, 2e-2)
+        backend.restore()
+    after = _state(backend)
+    assert all(torch.equal(base[n], after[n]) for n in base)
+
+
+def test_perturbation_changes_output_and_restore_brings_it_back(backend):
+    ex = countdown.examples_from_records(countdown.synthetic_records(3, 1))
+    before = backend.generate(ex)
+    backend.perturb(1, 0.5)
+    changed = backend.generate(ex)
+    backend.restore()
+    assert changed != before
+    assert backend.generate(ex) == before
+
+
+def test_include_exclude(tiny_model):
+    b = HFBackend(str(tiny_model), max_new_tokens=4, batch_size=2, include=[r"layers\.0\."], exclude=[r"norm"])
+    assert b.names and all("layers.0." in n and "norm" not in n for n in b.names)
+    base = _state(b)
+    b.perturb(3, 1e-2)
+    now = _state(b)
+    changed = {n for n in base if not torch.equal(base[n], now[n])}
+    assert changed == set(b.names)
+    with pytest.raises(ValueError, match="select no weight"):
+        HFBackend(str(tiny_model), max_new_tokens=4, batch_size=2, include=["nothing-matches"])
+
+
+def test_bf16_perturb_is_computed_in_f32_from_base(tiny_model):
+    b = HFBackend(str(tiny_model), "bfloat16", max_new_tokens=4, batch_size=2)
+    name = b.names[1]
+    p = dict(b.model.named_parameters())[name]
+    base = p.detach().clone()
+    b.perturb(9, 1e-2)
+    expected = (base.float() + 1e-2 * noise.noise(9, name, base.shape)).to(torch.bfloat16)
+    assert torch.equal(p.detach(), expected)
+    b.restore()
+    assert torch.equal(p.detach(), base)
