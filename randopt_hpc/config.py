@@ -223,6 +223,11 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def from_dict(data: dict) -> Config:
+    """A Config from a plain mapping (e.g. a run folder's run.yaml), not yet validated."""
+    return _build(Config, data, "")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b=value` -> (['a', 'b'], typed value); the value is read as YAML (1e-3, [1, 2], true, null)."""
     if "=" not in text:

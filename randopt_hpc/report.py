@@ -91,7 +91,9 @@ def build_tree(cfg, train, test, base, population, order, selected, control, mem
                  "train_ids": np.array([ex.id for ex in train], dtype=object),
                  "test_ids": np.array([ex.id for ex in test], dtype=object),
                  "train_prompt": np.array([ex.prompt for ex in train], dtype=object),
-                 "test_prompt": np.array([ex.prompt for ex in test], dtype=object)},
+                 "test_prompt": np.array([ex.prompt for ex in test], dtype=object),
+                 "train_target": np.array([ex.target for ex in train], dtype=np.float64),
+                 "test_target": np.array([ex.target for ex in test], dtype=np.float64)},
         "timing": {name: np.array([t[name] for t in timings], dtype=object if name == "hostname" else None)
                    for name in timings[0]},
     }

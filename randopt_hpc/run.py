@@ -12,7 +12,7 @@ import time
 from randopt_hpc import population as pop
 from randopt_hpc import results, select
 from randopt_hpc.comm import Environment, make_comm, setup_logging
-from randopt_hpc.config import ConfigError, fingerprint_hash, load_config, result_fingerprint, to_yaml
+from randopt_hpc.config import ConfigError, fingerprint_hash, from_dict, load_config, result_fingerprint, to_yaml
 from randopt_hpc.progress import Progress, Timer
 
 USAGE = "usage: python -m randopt_hpc.run CONFIG.yaml [key=value ...]"
@@ -62,10 +62,8 @@ def check_output_dir(cfg) -> str:
         return "fresh"
     import yaml
 
-    from randopt_hpc.config import _build, Config
-
     with open(run_yaml, encoding="utf-8") as f:
-        old = result_fingerprint(_build(Config, yaml.safe_load(f), ""))
+        old = result_fingerprint(from_dict(yaml.safe_load(f)))
     new = result_fingerprint(cfg)
     diff = [k for k in new if old.get(k) != new[k]]
     if diff:
@@ -108,24 +106,20 @@ def run(cfg, comm, env, log, train, test) -> None:
         task = get_task(cfg.task.name)
     shard = results.Shard(out, rank)
 
-    def answer(examples, split):
+    def answer(examples, cand=None):
+        """Greedy answers of the base model (cand None) or of a perturbed candidate, scored."""
+        if cand is not None:
+            with timer("perturb"):
+                backend.perturb(cand.seed, cand.sigma)
         with timer("generate"):
             texts = backend.generate(examples)
         with timer("score"):
             scored = [task.score(t, ex) for t, ex in zip(texts, examples)]
+        if cand is not None:
+            with timer("restore"):
+                backend.restore()
         return texts, {"rewards": [s.reward for s in scored], "correct": [bool(s.correct) for s in scored],
                        "keys": [s.key for s in scored], "answers": [s.answer for s in scored]}
-
-    # The base model: rank 0 answers both splits once (kept across restarts like everything else).
-    base = results.index_records(records, "base")
-    if rank == 0:
-        for split, examples in (("train", train), ("test", test)):
-            if split not in base:
-                texts, rec = answer(examples, split)
-                base[split] = {"type": "base", "split": split, **rec, "texts": texts}
-                shard.append(base[split])
-        log.info("base model: train accuracy %.3f, test accuracy %.3f",
-                 _mean(base["train"]["correct"]), _mean(base["test"]["correct"]))
 
     # Population: perturb -> answer the train set -> score -> restore, one candidate at a time.
     progress = Progress(out, n, len(done), cfg.runtime.progress_every_s, log) if rank == 0 else None
@@ -134,11 +128,7 @@ def run(cfg, comm, env, log, train, test) -> None:
             raise RuntimeError(f"RANDOPT_FAULT: injected failure at candidate {i}")
         c = cands[i]
         t0 = time.perf_counter()
-        with timer("perturb"):
-            backend.perturb(c.seed, c.sigma)
-        texts, rec = answer(train, "train")
-        with timer("restore"):
-            backend.restore()
+        texts, rec = answer(train, c)
         done[i] = {"type": "candidate", "index": i, "seed": c.seed, "sigma": c.sigma,
                    "score": _mean(rec["rewards"]), "accuracy": _mean(rec["correct"]), **rec,
                    "texts": texts if cfg.output.save_text else None,
@@ -159,31 +149,38 @@ def run(cfg, comm, env, log, train, test) -> None:
     log.info("ranking done: best candidate %d (score %.4f); %d members answer the test set",
              order[0], best_score, len(members))
 
-    # Members answer the test set, spread over the ranks.
+    # The base model (both splits) and the members (test split) answer, spread over the ranks.
+    base = results.index_records(records, "base")
     member_recs = results.index_records(records, "member")
-    my_members = [m for j, m in enumerate(members) if j % size == rank]
-    for m in my_members:
-        if m in member_recs:
+    jobs = [("base", "train"), ("base", "test")] + [("member", m) for m in members]
+    my_jobs = [job for j, job in enumerate(jobs) if j % size == rank]
+    for kind, key in my_jobs:
+        if key in (base if kind == "base" else member_recs):
             continue
-        c = cands[m]
-        with timer("perturb"):
-            backend.perturb(c.seed, c.sigma)
-        texts, rec = answer(test, "test")
-        with timer("restore"):
-            backend.restore()
-        member_recs[m] = {"type": "member", "index": m, **rec, "texts": texts if cfg.output.save_text else None}
-        shard.append(member_recs[m])
+        if kind == "base":
+            texts, rec = answer(train if key == "train" else test)
+            base[key] = {"type": "base", "split": key, **rec, "texts": texts}   # one model: always keep text
+            shard.append(base[key])
+            continue
+        texts, rec = answer(test, cands[key])
+        member_recs[key] = {"type": "member", "index": key, **rec, "texts": texts if cfg.output.save_text else None}
+        shard.append(member_recs[key])
     shard.close()
 
     with timer("wait"):
-        gathered = comm.allgather({m: member_recs[m] for m in my_members})
+        gathered = comm.gather({(kind, key): (base if kind == "base" else member_recs)[key]
+                                   for kind, key in my_jobs})
         cand_parts = comm.gather([done[i] for i in mine])
         timings = comm.gather({"rank": rank, "hostname": env.hostname, **timer.totals()})
-        hostnames = comm.allgather(env.hostname)
+        hostnames = comm.gather(env.hostname)
     if rank == 0:
         from randopt_hpc.report import build_tree, provenance, summary_table
 
-        all_members = {m: r for part in gathered for m, r in part.items()}
+        answered = {job: r for part in gathered for job, r in part.items()}
+        base = {split: answered[("base", split)] for split in ("train", "test")}
+        all_members = {m: answered[("member", m)] for m in members}
+        log.info("base model: train accuracy %.3f, test accuracy %.3f",
+                 _mean(base["train"]["correct"]), _mean(base["test"]["correct"]))
         population = sorted((r for part in cand_parts for r in part), key=lambda r: r["index"])
         tree, summary = build_tree(cfg, train, test, base, population, order, selected, control,
                                    all_members, timings)
