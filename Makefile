@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit bench venv clean
+.PHONY: demo test test-unit bench venv demo-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,6 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	test -f build/tiny-model/config.json || $(BIN)/python tools/make_tiny_model.py --out build/tiny-model
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mpiexec -n 2 $(BIN)/python -m randopt_hpc.run configs/demo.yaml output.overwrite=true
 
 test: $(STAMP)
@@ -25,8 +24,11 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP)
-	test -f build/tiny-model/config.json || $(BIN)/python tools/make_tiny_model.py --out build/tiny-model
 	$(BIN)/python bench/bench_candidate.py configs/demo.yaml
+
+# Regenerates models/demo bit for bit (see models/demo/README.md); about 7 minutes on 2 cores.
+demo-model: $(STAMP)
+	$(BIN)/python -m tools.train_demo_model --out models/demo
 
 clean:
 	rm -rf $(VENV) build runs

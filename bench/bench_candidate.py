@@ -60,6 +60,8 @@ def main() -> None:
     from randopt_hpc.tasks import get_task
 
     cfg = load_config(args.config, args.overrides)
+    # As in run.py: numba's pool and torch's get one rank's share of cores (numba reads this on import).
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(cfg.runtime.threads))
     torch.set_num_threads(cfg.runtime.threads)
     train, _ = load_examples(cfg)
     t0 = time.perf_counter()
@@ -105,7 +107,7 @@ def main() -> None:
         print(f"{k:<10} {1000 * v / n:>13.1f} {100 * v / total:>6.1f}%")
     print(f"{'total':<10} {1000 * total / n:>13.1f}")
     print(f"candidates/s: {n / total:.2f}")
-    print("\nnoise throughput (10^7 elements, one call):")
+    print(f"\nnoise throughput (10^7 elements, one call, {os.environ['NUMBA_NUM_THREADS']} numba threads):")
     for name, rate in bench_noise():
         print(f"  {name:<36} {rate / 1e6:>8.1f} M/s")
 

@@ -39,9 +39,22 @@ class TaskConfig:
     train_size: int = 200
     test_size: int = 2000
     seed: int = 0                # seed of the synthetic problems
+    template: str | None = None  # countdown_qa only: the prompt, with {numbers} and {target}; null = as trained
 
     def validate(self) -> None:
-        _choice("task.name", self.name, ("countdown",))
+        from randopt_hpc.tasks import TASKS
+
+        _choice("task.name", self.name, tuple(sorted(TASKS)))
+        if self.template is not None:
+            _require(self.name == "countdown_qa", "task.template", f"only task countdown_qa takes a prompt "
+                     f"template, not {self.name}")
+            try:
+                shown = self.template.format(numbers="\0N", target="\0T")
+                ok = "\0N" in shown and "\0T" in shown
+            except (KeyError, IndexError, ValueError):
+                ok = False
+            _require(ok, "task.template", f"must hold {{numbers}} and {{target}} and no other fields, got "
+                     f"{self.template!r}")
         if self.data is not None:
             _require(os.path.isfile(self.data), "task.data", f"no such file: {self.data}")
         _require(self.train_size >= 1, "task.train_size", f"must be >= 1, got {self.train_size}")

@@ -33,7 +33,8 @@ def load_examples(cfg) -> tuple[list, list]:
     n = cfg.task.train_size + cfg.task.test_size
     records = read_records(cfg.task.data) if cfg.task.data else task.synthetic_records(n, cfg.task.seed)
     try:
-        examples = task.examples_from_records(records)
+        examples = (task.examples_from_records(records) if cfg.task.template is None
+                    else task.examples_from_records(records, template=cfg.task.template))
         train, test = task.split(examples, cfg.task.train_size, cfg.task.test_size)
     except ValueError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

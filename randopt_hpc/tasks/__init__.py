@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from randopt_hpc.tasks import countdown
+from randopt_hpc.tasks import countdown, countdown_qa
 
-TASKS: dict[str, ModuleType] = {"countdown": countdown}
+TASKS: dict[str, ModuleType] = {"countdown": countdown, "countdown_qa": countdown_qa}
 
 
 def get_task(name: str) -> ModuleType:

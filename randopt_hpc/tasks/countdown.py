@@ -68,6 +68,13 @@ def _bad(index: int, field: str, why: str, value) -> ValueError:
     return ValueError(f"row {index}: field {field!r} {why}, got {shown}")
 
 
+def parse_row(row: dict, index: int) -> tuple[tuple[int, ...], float, str]:
+    """(numbers, target, target as shown) of a data row; ValueError naming the row and field."""
+    if not isinstance(row, dict):
+        raise ValueError(f"row {index}: must be an object with 'numbers' and 'target', got {type(row).__name__}")
+    return (_numbers(row, index),) + _target(row, index)
+
+
 def _numbers(row: dict, index: int) -> tuple[int, ...]:
     value = row.get("numbers")
     why = "must be a non-empty list of non-negative integers"
@@ -118,10 +125,7 @@ def examples_from_records(records: list[dict]) -> list[Example]:
     Solutions are never used: they are unreliable in the published data and not needed to score."""
     examples = []
     for i, row in enumerate(records):
-        if not isinstance(row, dict):
-            raise ValueError(f"row {i}: must be an object with 'numbers' and 'target', got {type(row).__name__}")
-        numbers = _numbers(row, i)
-        target, target_text = _target(row, i)
+        numbers, target, target_text = parse_row(row, i)
         shown = numbers_text(numbers)
         context = row.get("context")
         prompt = context if isinstance(context, str) and context else raw_prompt(shown, target_text)
@@ -314,15 +318,24 @@ def vote_key(value: float) -> str:
     return f"{round(value, 5) + 0.0:.5f}"
 
 
+def usable_value(answer, numbers) -> float | None:
+    """The value of an answer that is a valid expression using exactly the given numbers, else None.
+    Only such answers vote: an expression over other numbers answers a different question."""
+    parsed = _parse(answer)
+    return parsed[0] if parsed is not None and _uses_exactly(parsed[1], numbers) else None
+
+
+def score_answer(answer: str | None, example: Example, format_value: float) -> Scored:
+    value = usable_value(answer, example.numbers)
+    correct = value is not None and abs(value - float(example.target)) <= TOLERANCE
+    return Scored(reward=0.1 * format_value + (1.0 if correct else 0.0), correct=bool(correct),
+                  key=None if value is None else vote_key(value), answer=answer)
+
+
 def score(completion: str, example: Example) -> Scored:
     text = example.response_prefix + (completion if isinstance(completion, str) else "")
     content = last_tag_content(text, "answer")
-    answer = None if content is None else content.strip()
-    parsed = _parse(answer)
-    usable = parsed is not None and _uses_exactly(parsed[1], example.numbers)
-    correct = usable and abs(parsed[0] - float(example.target)) <= TOLERANCE
-    return Scored(reward=0.1 * format_score(text) + (1.0 if correct else 0.0), correct=bool(correct),
-                  key=vote_key(parsed[0]) if usable else None, answer=answer)
+    return score_answer(None if content is None else content.strip(), example, format_score(text))
 
 
 # --------------------------------------------------------------------------- synthetic data

@@ -73,6 +73,10 @@ BAD = [
     (["task.name=gsm9k"], "task.name"),
     (["task.data=/nonexistent.json"], "task.data"),
     (["task.train_size=0"], "task.train_size"),
+    (["task.template=x {numbers} {target}"], "task.template"),            # countdown takes none
+    (["task.name=countdown_qa", "task.template=x {numbers}"], "task.template"),
+    (["task.name=countdown_qa", "task.template=x {numbers} {target} {z}"], "task.template"),
+    (["task.template=Q: {numbers} {target} A:"], "task.template"),        # unquoted YAML mapping
     (["generation.max_new_tokens=0"], "generation.max_new_tokens"),
     (["generation.batch_size=-1"], "generation.batch_size"),
     (["runtime.comm=tcp"], "runtime.comm"),

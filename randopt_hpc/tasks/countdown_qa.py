@@ -1,0 +1,88 @@
+"""Countdown in the demo model's short question/answer format.
+
+    Q: use 9 18 20 to make 182 A: 20+18*9
+
+The shipped demo model (models/demo/) was pretrained on a mixture of arithmetic skills written
+this way; it has no chat template and no <think>/<answer> tags. The expression rules are
+Countdown's own (same parser, same bounds, every number used exactly once, tolerance 1e-5), so
+only the prompt and the answer extraction differ:
+- the answer is the completion up to its first newline, stripped;
+- reward = 0.1 * format + correct, where format is 1 when that answer parses as an expression
+  (the same 0.1 weight as Countdown's tag format), correct is exact correctness;
+- the voting key is the value of an answer that uses exactly the given numbers (else abstain).
+
+Synthetic problems are the demo distribution: three numbers in 1..20 and a target in 1..999 made
+by two of + - * with normal precedence, each (sorted numbers, target) at most once per stream.
+"""
+from __future__ import annotations
+
+import random
+
+from randopt_hpc.tasks import countdown
+from randopt_hpc.tasks.base import Example, Scored, record_id, split_first_last
+
+OPS = ("+", "-", "*")
+TEMPLATE = "Q: use {numbers} to make {target} A:"   # the wording the demo model was trained on
+
+
+def prompt(numbers, target_text: str, template: str = TEMPLATE) -> str:
+    return template.format(numbers=" ".join(str(n) for n in numbers), target=target_text)
+
+
+def examples_from_records(records: list[dict], template: str = TEMPLATE) -> list[Example]:
+    """Rows {numbers, target} (an `id` is kept when present), as Countdown's data files. `template`
+    (config task.template) words the question; a wording the model never saw makes a new target task."""
+    examples = []
+    for i, row in enumerate(records):
+        numbers, target, target_text = countdown.parse_row(row, i)
+        text = prompt(numbers, target_text, template)
+        examples.append(Example(id=record_id(row, i), prompt=text, messages=(("user", text),),
+                                response_prefix="", numbers=numbers, target=target))
+    return examples
+
+
+def split(examples: list[Example], train_size: int, test_size: int) -> tuple[list[Example], list[Example]]:
+    return split_first_last(examples, train_size, test_size)
+
+
+def extract(completion) -> str:
+    text = completion if isinstance(completion, str) else ""
+    return text.split("\n", 1)[0].strip()
+
+
+def score(completion: str, example: Example) -> Scored:
+    answer = extract(completion)
+    fmt = 1.0 if countdown.evaluate_expression(answer) is not None else 0.0
+    return countdown.score_answer(answer or None, example, fmt)
+
+
+def problem_key(numbers, target) -> tuple:
+    """What makes two problems the same problem (the demo model's training data excludes test keys)."""
+    return tuple(sorted(int(n) for n in numbers)), int(target)
+
+
+def random_problem(rng: random.Random, lo: int = 1, hi: int = 20) -> tuple[list[int], int, str]:
+    """(numbers in shown order, target, one solution) with the target in 1..999."""
+    while True:
+        nums = [rng.randint(lo, hi) for _ in range(3)]
+        ops = [rng.choice(OPS), rng.choice(OPS)]
+        expr = f"{nums[0]}{ops[0]}{nums[1]}{ops[1]}{nums[2]}"
+        value = countdown.evaluate_expression(expr)
+        if value is not None and 1 <= value <= 999:
+            shown = nums[:]
+            rng.shuffle(shown)
+            return shown, int(value), expr
+
+
+def synthetic_records(n: int, seed: int) -> list[dict]:
+    """n distinct problems, a pure function of (n, seed); a prefix of a longer stream with the same seed."""
+    rng = random.Random(f"countdown_qa:{seed}")
+    rows, seen = [], set()
+    while len(rows) < n:
+        numbers, target, solution = random_problem(rng)
+        key = problem_key(numbers, target)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({"id": f"cqa-{seed}-{len(rows)}", "numbers": numbers, "target": target, "solution": solution})
+    return rows
