@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,10 @@ class MPIComm:
         for h in logging.getLogger("randopt_hpc").handlers:
             h.flush()
         sys.stderr.flush()
+        # Hydra kills every process as soon as the abort reaches it, without draining their output
+        # pipes: seen in CI as a fault whose traceback never reached the terminal. A moment's pause
+        # lets the launcher forward this rank's last lines; a failing job can spare it.
+        time.sleep(1.0)
         self._c.Abort(code)
 
 

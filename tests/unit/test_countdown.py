@@ -340,10 +340,12 @@ def test_split_first_and_last():
 
 
 def test_registry():
-    assert TASKS == {"countdown": cd} and get_task("countdown") is cd
+    from randopt_hpc.tasks import countdown_qa
+
+    assert TASKS == {"countdown": cd, "countdown_qa": countdown_qa} and get_task("countdown") is cd
     with pytest.raises(KeyError) as e:
         get_task("gsm8k")
-    assert e.value.args[0] == "unknown task 'gsm8k'; valid: countdown"
+    assert e.value.args[0] == "unknown task 'gsm8k'; valid: countdown, countdown_qa"
 
 
 # --------------------------------------------------------------------------- synthetic data
