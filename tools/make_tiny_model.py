@@ -53,6 +53,22 @@ def build(out: str, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int
     return info
 
 
+def encode(tok, rows, sep: str = ""):
+    """(prompt, answer) rows -> left-padded ids, attention mask, and labels on answer tokens and EOS only."""
+    import torch
+
+    ids, labels = [], []
+    for prompt, answer in rows:
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        a = tok(sep + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids.append(p + a)
+        labels.append([-100] * len(p) + a)
+    width = max(map(len, ids))
+    x = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in ids])
+    y = torch.tensor([[-100] * (width - len(r)) + r for r in labels])
+    return x, (x != tok.pad_token_id).long(), y
+
+
 def _teach_format(model, tok, steps, batch, lr, seed):
     import torch
     from randopt_hpc.tasks import countdown
@@ -63,18 +79,9 @@ def _teach_format(model, tok, steps, batch, lr, seed):
     losses = []
     model.train()
     for step in range(steps):
-        rows = list(zip(examples[step * batch:(step + 1) * batch], records[step * batch:(step + 1) * batch]))
-        ids, labels = [], []
-        for ex, rec in rows:
-            p = tok(ex.prompt, add_special_tokens=False)["input_ids"]
-            a = tok(f"</think>\n<answer> {rec['solution']} </answer>", add_special_tokens=False)["input_ids"]
-            a = a + [tok.eos_token_id]
-            ids.append(p + a)
-            labels.append([-100] * len(p) + a)
-        width = max(map(len, ids))
-        x = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in ids])
-        y = torch.tensor([[-100] * (width - len(r)) + r for r in labels])
-        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(r) for r in ids])[:, None]).long()
+        rows = [(ex.prompt, f"</think>\n<answer> {rec['solution']} </answer>")
+                for ex, rec in zip(examples[step * batch:(step + 1) * batch], records[step * batch:(step + 1) * batch])]
+        x, mask, y = encode(tok, rows)
         loss = model(input_ids=x, attention_mask=mask, labels=y).loss
         opt.zero_grad()
         loss.backward()

@@ -72,23 +72,6 @@ def batches(seed: int, steps: int, batch: int, exclude: set):
         yield [sample(rng, rng.choice(skills), exclude) for _ in range(batch)]
 
 
-def encode(tok, rows, device="cpu"):
-    """Left-padded ids, attention mask and labels (answer tokens and EOS only)."""
-    import torch
-
-    ids, labels = [], []
-    for prompt, answer in rows:
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        a = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        ids.append(p + a)
-        labels.append([-100] * len(p) + a)
-    width = max(map(len, ids))
-    x = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in ids])
-    y = torch.tensor([[-100] * (width - len(r)) + r for r in labels])
-    mask = (x != tok.pad_token_id).long()
-    return x, mask, y
-
-
 def greedy(model, tok, prompts: list[str], max_new_tokens: int = 12, batch: int = 250) -> list[str]:
     import torch
 
@@ -133,7 +116,7 @@ def train(out: str, seed: int, steps: int, batch: int, lr: float, warmup: int, h
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tools.make_tiny_model import build_tokenizer
+    from tools.make_tiny_model import build_tokenizer, encode
 
     torch.manual_seed(seed)
     tok = build_tokenizer()
@@ -152,7 +135,7 @@ def train(out: str, seed: int, steps: int, batch: int, lr: float, warmup: int, h
     curve, t0, window = [], time.time(), []
     model.train()
     for step, rows in enumerate(batches(seed, steps, batch, exclude), 1):
-        x, mask, y = encode(tok, rows)
+        x, mask, y = encode(tok, rows, sep=" ")
         loss = model(input_ids=x, attention_mask=mask, labels=y).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
