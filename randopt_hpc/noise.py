@@ -74,11 +74,13 @@ def philox4x32_10(counter: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
     return torch.stack((c0, c1, c2, c3), dim=-1)
 
 
+def _counters(b: torch.Tensor, h: int) -> torch.Tensor:
+    """Philox counters [n, 4] for block numbers b of the tensor whose name hashes to h."""
+    return torch.stack((b & _M32, b >> 32, torch.full_like(b, h & _M32), torch.full_like(b, h >> 32)), dim=-1)
+
+
 def _blocks_torch(b0: int, nblocks: int, k: tuple[int, int], h: int, device) -> torch.Tensor:
-    b = torch.arange(b0, b0 + nblocks, dtype=torch.int64, device=device)
-    counter = torch.stack((b & _M32, b >> 32,
-                           torch.full_like(b, h & _M32), torch.full_like(b, h >> 32)), dim=-1)
-    return philox4x32_10(counter, k)
+    return philox4x32_10(_counters(torch.arange(b0, b0 + nblocks, dtype=torch.int64, device=device), h), k)
 
 
 # --------------------------------------------------------------------------- numba (lazy)
@@ -191,17 +193,32 @@ def normals_from_uint32(x: torch.Tensor, start: int) -> torch.Tensor:
     return torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=-1).reshape(-1)
 
 
-def _normals(seed: int, name: str, start: int, count: int, impl: str, device) -> torch.Tensor:
+def normals_range(seed: int, name: str, start: int, count: int, impl: str = "auto", device="cpu") -> torch.Tensor:
+    """Normals of flat elements start..start+count-1 of tensor `name`."""
     # Align to whole blocks so any (start, count) works, then cut back.
     a0, a1 = start - start % 4, -(-(start + count) // 4) * 4
     x = uint32_stream(seed, name, a0, a1 - a0, impl=impl, device=device)
     return normals_from_uint32(x, a0)[start - a0:start - a0 + count]
 
 
+def normals_at(seed: int, name: str, index: torch.Tensor) -> torch.Tensor:
+    """noise(seed, name, shape).reshape(-1)[index] for any flat indices, without the whole tensor.
+
+    Each element's whole Philox block is drawn and turned into normals by the same float transform,
+    so the values are bitwise those of the contiguous path. For tensor-parallel shards whose slices
+    are not one flat range (row-parallel layers split columns)."""
+    seed = _check_seed(seed)
+    index = torch.as_tensor(index, dtype=torch.int64)
+    key, h = (seed & _M32, seed >> 32), fnv1a64(name)
+    words = philox4x32_10(_counters(index.reshape(-1) // 4, h), key)
+    normals = normals_from_uint32(words.reshape(-1), 0).reshape(-1, 4)
+    return normals.gather(1, (index.reshape(-1) % 4)[:, None]).reshape(index.shape)
+
+
 def noise(seed: int, name: str, shape, impl: str = "auto", device="cpu") -> torch.Tensor:
     """Standard normal float32 noise of `shape` for tensor `name` under candidate `seed`."""
     shape = torch.Size(shape if isinstance(shape, (tuple, list, torch.Size)) else (shape,))
-    return _normals(seed, name, 0, shape.numel(), impl, device).reshape(shape)
+    return normals_range(seed, name, 0, shape.numel(), impl, device).reshape(shape)
 
 
 def perturb_(param: torch.Tensor, base: torch.Tensor, seed: int, name: str, sigma: float,
@@ -222,7 +239,7 @@ def perturb_(param: torch.Tensor, base: torch.Tensor, seed: int, name: str, sigm
         param.numel(), dtype=param.dtype, device=param.device)
     for s in range(0, out.numel(), chunk):
         n = min(chunk, out.numel() - s)
-        eps = _normals(seed, name, s, n, impl, param.device)
+        eps = normals_range(seed, name, s, n, impl, param.device)
         # Separate mul and add (no fused alpha/FMA), matching the unchunked formula bitwise.
         eps.mul_(sigma32).add_(flat_base[s:s + n].to(torch.float32))
         out[s:s + n].copy_(eps)

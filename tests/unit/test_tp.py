@@ -1,0 +1,117 @@
+"""Tensor-parallel shard mapping: for TP = 1, 2, 4, the shards of every vLLM Llama parameter are
+exactly the canonical checkpoint tensors (and their noise), fused and split as vLLM lays them out."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from randopt_hpc import noise, tp
+
+LAYER = "model.layers.3."
+PARAMS = [LAYER + "self_attn.qkv_proj.weight", LAYER + "self_attn.o_proj.weight", LAYER + "mlp.gate_up_proj.weight",
+          LAYER + "mlp.down_proj.weight", LAYER + "input_layernorm.weight", LAYER + "post_attention_layernorm.weight",
+          "model.norm.weight", "model.embed_tokens.weight", "lm_head.weight"]
+# Small but with every awkward case: 8 query heads, K/V heads from 8 down to 1 (replicated when
+# fewer than ranks), a vocabulary that is not a multiple of 64 (padding, a shard of padding only).
+SHAPES = [tp.LlamaShape(hidden=64, intermediate=96, heads=8, kv_heads=kv, head_dim=8, vocab=vocab, tie=tie)
+          for kv, vocab, tie in ((8, 100, False), (2, 130, True), (1, 70, False))]
+
+
+def _labels(s: tp.LlamaShape) -> dict:
+    """Every checkpoint tensor with each element labelled by (tensor number, flat index) -> unique float."""
+    names = sorted({p.source for param in PARAMS for p in tp.pieces(param, s, 0, 1)})
+    return {n: (i + 1) * 1e6 + torch.arange(torch.Size(tp.source_shape(n, s)).numel(), dtype=torch.float64)
+            .reshape(tp.source_shape(n, s)) for i, n in enumerate(names)}
+
+
+def _assemble(param, s, rank, size, tensors, dtype=torch.float64):
+    out = torch.zeros(tp.local_shape(param, s, size), dtype=dtype)
+    for p in tp.pieces(param, s, rank, size):
+        src = tensors[p.source]
+        block = src[p.rows[0]:p.rows[1]] if p.cols is None else src[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]]
+        if block.dim() == 2:
+            out[p.dest_row:p.dest_row + block.shape[0], p.dest_col:p.dest_col + block.shape[1]] = block
+        else:
+            out[p.dest_row:p.dest_row + block.shape[0]] = block
+    return out
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=lambda s: f"kv{s.kv_heads}-vocab{s.vocab}-tie{int(s.tie)}")
+def test_tp1_is_the_fused_layout(s):
+    t = _labels(s)
+    a = LAYER + "self_attn."
+    assert torch.equal(_assemble(a + "qkv_proj.weight", s, 0, 1, t),
+                       torch.cat([t[a + "q_proj.weight"], t[a + "k_proj.weight"], t[a + "v_proj.weight"]]))
+    m = LAYER + "mlp."
+    assert torch.equal(_assemble(m + "gate_up_proj.weight", s, 0, 1, t),
+                       torch.cat([t[m + "gate_proj.weight"], t[m + "up_proj.weight"]]))
+    emb = _assemble("model.embed_tokens.weight", s, 0, 1, t)
+    assert emb.shape[0] == tp.vocab_padded(s.vocab) and emb.shape[0] % 64 == 0
+    assert torch.equal(emb[:s.vocab], t["model.embed_tokens.weight"]) and not emb[s.vocab:].any()
+    head_src = "model.embed_tokens.weight" if s.tie else "lm_head.weight"
+    assert torch.equal(_assemble("lm_head.weight", s, 0, 1, t)[:s.vocab], t[head_src])
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+@pytest.mark.parametrize("s", SHAPES, ids=lambda s: f"kv{s.kv_heads}-vocab{s.vocab}-tie{int(s.tie)}")
+def test_shards_cover_each_checkpoint_tensor(s, size):
+    """Every element of every checkpoint tensor sits in the shards: exactly once, except K/V heads
+    replicated over tp_size / kv_heads ranks and replicated norms; padding holds nothing."""
+    t = _labels(s)
+    seen: dict[float, int] = {}
+    for param in PARAMS:
+        for rank in range(size):
+            local = _assemble(param, s, rank, size, t)
+            assert tuple(local.shape) == tp.local_shape(param, s, size)
+            for v in local[local != 0].tolist():
+                seen[v] = seen.get(v, 0) + 1
+    for name, tensor in t.items():
+        counts = [seen.get(v, 0) for v in tensor.reshape(-1).tolist()]
+        if name.endswith("norm.weight"):
+            want = size
+        elif name.endswith(("k_proj.weight", "v_proj.weight")):
+            want = max(1, size // s.kv_heads)
+        elif s.tie and name == "model.embed_tokens.weight":
+            want = 2   # embedding and lm_head share it
+        else:
+            want = 1
+        assert set(counts) == {want}, (name, size, sorted(set(counts)))
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+@pytest.mark.parametrize("s", SHAPES[:2], ids=lambda s: f"kv{s.kv_heads}-vocab{s.vocab}")
+def test_shard_noise_is_the_canonical_noise(s, size):
+    canonical = {n: noise.noise(11, n, tp.source_shape(n, s), impl="torch").double() for n in _labels(s)}
+    for param in PARAMS:
+        for rank in range(size):
+            got = tp.shard_noise(11, param, s, rank, size, impl="torch")
+            assert torch.equal(got.double(), _assemble(param, s, rank, size, canonical)), (param, rank, size)
+
+
+def test_normals_at_equals_the_contiguous_stream():
+    full = noise.noise(5, "model.layers.0.mlp.down_proj.weight", (37, 29), impl="torch").reshape(-1)
+    idx = torch.tensor([0, 1, 2, 3, 5, 6, 1072, 1071, 17, 17, 4])
+    assert torch.equal(noise.normals_at(5, "model.layers.0.mlp.down_proj.weight", idx), full[idx])
+    grid = torch.arange(3, 9)[:, None] * 29 + torch.arange(7, 12)[None, :]
+    assert torch.equal(noise.normals_at(5, "model.layers.0.mlp.down_proj.weight", grid), full[grid])
+
+
+def test_bad_sizes_are_named():
+    s = SHAPES[0]
+    with pytest.raises(ValueError, match="num_attention_heads = 8 is not divisible by tensor_parallel_size = 3"):
+        tp.pieces(LAYER + "self_attn.qkv_proj.weight", s, 0, 3)
+    with pytest.raises(ValueError, match="not a vLLM Llama parameter"):
+        tp.pieces(LAYER + "self_attn.rotary.weight", s, 0, 1)
+    with pytest.raises(ValueError, match="tp_rank 2 outside"):
+        tp.pieces("model.norm.weight", s, 2, 2)
+
+
+def test_shape_from_the_demo_model_config():
+    from transformers import AutoConfig
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    s = tp.LlamaShape.from_hf_config(AutoConfig.from_pretrained(os.path.join(root, "models", "demo")))
+    assert s == tp.LlamaShape(hidden=128, intermediate=512, heads=4, kv_heads=4, head_dim=32, vocab=100, tie=False)
+    assert tp.local_shape("model.layers.0.self_attn.qkv_proj.weight", s, 2) == (192, 128)
