@@ -139,6 +139,22 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class VLLMConfig:
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9    # vLLM's own default; on CPU it is the share of RAM for the KV cache
+    enforce_eager: bool = True             # no CUDA graphs: weights change under the engine every candidate
+    max_model_len: int | None = None       # null = the model's own
+
+    def validate(self) -> None:
+        _require(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size",
+                 f"must be >= 1, got {self.tensor_parallel_size}")
+        _require(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
+                 f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        _require(self.max_model_len is None or self.max_model_len >= 1, "vllm.max_model_len",
+                 f"must be >= 1 or null, got {self.max_model_len}")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: str = "hf"
@@ -148,17 +164,18 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def validate(self) -> "Config":
         self.model.validate()
         _choice("backend", self.backend, ("hf", "vllm"))
-        _require(self.backend == "hf", "backend", "'vllm' is not available yet in this version; use 'hf'")
         self.task.validate()
         self.population.validate()
         self.selection.validate(self.population.size)
         self.generation.validate()
         self.output.validate()
         self.runtime.validate()
+        self.vllm.validate()
         return self
 
     @property
@@ -193,8 +210,9 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{name}: expected a list, got {type(value).__name__} {value!r}")
         return tuple(_coerce(f"{name}[{i}]", v, item_t) for i, v in enumerate(value))
-    if typ in ("str | None", str | None) or (origin is not None and type(None) in get_args(typ)):
-        return None if value is None else _coerce(name, value, str)
+    if origin is not None and type(None) in get_args(typ):   # `X | None`: null, or an X
+        inner = [t for t in get_args(typ) if t is not type(None)][0]
+        return None if value is None else _coerce(name, value, inner)
     if typ is bool:
         if isinstance(value, bool):
             return value

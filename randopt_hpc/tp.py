@@ -133,15 +133,19 @@ def pieces(param: str, s: LlamaShape, tp_rank: int, tp_size: int) -> list[Piece]
     raise ValueError(f"{param}: not a vLLM Llama parameter this mapping knows")
 
 
-def shard_noise(seed: int, param: str, s: LlamaShape, tp_rank: int, tp_size: int, impl: str = "auto"):
+def shard_noise(seed: int, param: str, s: LlamaShape, tp_rank: int, tp_size: int, impl: str = "auto",
+                sources=None):
     """The canonical noise of `param`'s checkpoint tensors, laid out as rank tp_rank holds it (zeros
-    on vocabulary padding). Equal to slicing noise.noise(seed, source, shape) piece by piece."""
+    on vocabulary padding, and on pieces whose source is not in `sources` when given). Equal to
+    slicing noise.noise(seed, source, shape) piece by piece."""
     import torch
 
     from randopt_hpc import noise
 
     out = torch.zeros(local_shape(param, s, tp_size), dtype=torch.float32)
     for p in pieces(param, s, tp_rank, tp_size):
+        if sources is not None and p.source not in sources:
+            continue
         shape = source_shape(p.source, s)
         ncols = shape[1] if len(shape) == 2 else 1
         nrows = p.rows[1] - p.rows[0]

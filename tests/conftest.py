@@ -66,3 +66,15 @@ def launch(cfg: Path, nproc: int | None, *overrides: str, env: dict | None = Non
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_same_results(a, b) -> None:
+    """Two results.h5 files hold the same results (everything but timing and provenance)."""
+    import numpy as np
+
+    from randopt_hpc import results
+
+    ra, rb = results.comparable(str(a)), results.comparable(str(b))
+    assert sorted(ra) == sorted(rb)
+    for k in ra:
+        assert np.array_equal(ra[k], rb[k]), f"{k} differs between {a} and {b}"

@@ -67,11 +67,7 @@ class HFBackend:
 
     # ------------------------------------------------------------------ generation
     def prompt_text(self, ex: Example) -> str:
-        if not self.chat:
-            return ex.prompt
-        msgs = [{"role": r, "content": c} for r, c in ex.messages]
-        # The response continues the prefix in both modes, so scoring sees the same shape.
-        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + ex.response_prefix
+        return prompt_text(self.tokenizer, self.chat, ex)
 
     def _batches(self, examples: Sequence[Example]) -> list:
         # Prompts are the same for every candidate: tokenize once per example list.
@@ -85,16 +81,31 @@ class HFBackend:
             self._encoded[key] = out
         return self._encoded[key]
 
-    def generate(self, examples: Sequence[Example]) -> list[str]:
-        """Greedy completions (new text only), in the order of `examples`."""
+    def generate_ids(self, examples: Sequence[Example]) -> list[list[int]]:
+        """Greedy new token ids, up to and including EOS, in the order of `examples`."""
         from transformers import GenerationConfig
 
+        eos = self.tokenizer.eos_token_id
         gen = GenerationConfig(do_sample=False, max_new_tokens=self.max_new_tokens,
-                               pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
-        texts: list[str] = []
+                               pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
+        ids: list[list[int]] = []
         with self.torch.inference_mode():
             for enc in self._batches(examples):
                 out = self.model.generate(**enc, generation_config=gen)
-                new = out[:, enc["input_ids"].shape[1]:]
-                texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        return texts
+                for row in out[:, enc["input_ids"].shape[1]:].tolist():
+                    # Finished rows are padded to the batch's length; what follows EOS is not an answer.
+                    ids.append(row[:row.index(eos) + 1] if eos in row else row)
+        return ids
+
+    def generate(self, examples: Sequence[Example]) -> list[str]:
+        """Greedy completions (new text only), in the order of `examples`."""
+        return self.tokenizer.batch_decode(self.generate_ids(examples), skip_special_tokens=True)
+
+
+def prompt_text(tokenizer, chat: bool, ex: Example) -> str:
+    """The text a backend feeds the model: the raw prompt, or the chat template's rendering."""
+    if not chat:
+        return ex.prompt
+    msgs = [{"role": r, "content": c} for r, c in ex.messages]
+    # The response continues the prefix in both modes, so scoring sees the same shape.
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + ex.response_prefix

