@@ -107,6 +107,17 @@ def main() -> None:
         print(f"{k:<10} {1000 * v / n:>13.1f} {100 * v / total:>6.1f}%")
     print(f"{'total':<10} {1000 * total / n:>13.1f}")
     print(f"candidates/s: {n / total:.2f}")
+    # The floor for any exact restore: one copy of every perturbed weight, in the model's dtype.
+    dtype = getattr(torch, cfg.model.dtype)
+    src = torch.zeros(backend.n_perturbed_elements(), dtype=dtype)
+    dst = torch.empty_like(src)
+    t = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    copy_ms = 1000 * (time.perf_counter() - t) / 10
+    overhead = 1000 * (split["perturb"] + split["restore"]) / n
+    print(f"perturb + restore {overhead:.1f} ms/candidate ({cfg.backend}) vs one plain copy of the weights "
+          f"{copy_ms:.2f} ms ({overhead / copy_ms:.0f}x)")
     print(f"\nnoise throughput (10^7 elements, one call, {os.environ['NUMBA_NUM_THREADS']} numba threads):")
     for name, rate in bench_noise():
         print(f"  {name:<36} {rate / 1e6:>8.1f} M/s")

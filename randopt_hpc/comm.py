@@ -17,6 +17,8 @@ from typing import Any
 _RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS")
 _LOCAL_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
+_LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
+                    "SLURM_NTASKS_PER_NODE")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Environment:
     hostname: str
     slurm_job_id: str | None
     fault: Fault | None
+    cuda_visible: str | None = None     # CUDA_VISIBLE_DEVICES as launched (Slurm's binding, if any)
+    local_size: int | None = None       # ranks on this node
 
     @staticmethod
     def from_os(environ: dict | None = None) -> "Environment":
@@ -52,7 +56,25 @@ class Environment:
         return Environment(
             launched_rank=first(_RANK_VARS), launched_size=first(_SIZE_VARS),
             local_rank=first(_LOCAL_VARS) or 0, hostname=socket.gethostname(),
-            slurm_job_id=env.get("SLURM_JOB_ID"), fault=Fault.parse(env.get("RANDOPT_FAULT")))
+            slurm_job_id=env.get("SLURM_JOB_ID"), fault=Fault.parse(env.get("RANDOPT_FAULT")),
+            cuda_visible=env.get("CUDA_VISIBLE_DEVICES"), local_size=first(_LOCAL_SIZE_VARS))
+
+    def rank_gpus(self, per_rank: int) -> str | None:
+        """CUDA_VISIBLE_DEVICES for this rank's `per_rank` GPUs, or None to leave it as it is.
+
+        Slurm's per-task binding (--gpus-per-task) already shows each rank only its own GPUs: keep it.
+        Otherwise (mpiexec on a multi-GPU node, or srun without binding) the node's ranks split the
+        visible devices by local rank. The list is only ever narrowed, never cleared."""
+        visible = [d.strip() for d in (self.cuda_visible or "").split(",") if d.strip()]
+        if visible and len(visible) <= per_rank:
+            return None
+        lo, hi = self.local_rank * per_rank, (self.local_rank + 1) * per_rank
+        if not visible:   # nothing set: device ordinals
+            return ",".join(str(i) for i in range(lo, hi))
+        if hi > len(visible):
+            raise RuntimeError(f"local rank {self.local_rank} needs {per_rank} GPU(s) but this node shows "
+                               f"{len(visible)} ({','.join(visible)})")
+        return ",".join(visible[lo:hi])
 
     @property
     def under_launcher(self) -> bool:

@@ -201,7 +201,7 @@ def normals_range(seed: int, name: str, start: int, count: int, impl: str = "aut
     return normals_from_uint32(x, a0)[start - a0:start - a0 + count]
 
 
-def normals_at(seed: int, name: str, index: torch.Tensor) -> torch.Tensor:
+def normals_at(seed: int, name: str, index: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """noise(seed, name, shape).reshape(-1)[index] for any flat indices, without the whole tensor.
 
     Each element's whole Philox block is drawn and turned into normals by the same float transform,
@@ -210,7 +210,11 @@ def normals_at(seed: int, name: str, index: torch.Tensor) -> torch.Tensor:
     seed = _check_seed(seed)
     index = torch.as_tensor(index, dtype=torch.int64)
     key, h = (seed & _M32, seed >> 32), fnv1a64(name)
-    words = philox4x32_10(_counters(index.reshape(-1) // 4, h), key)
+    counters = _counters(index.reshape(-1) // 4, h)
+    if _resolve_impl(impl, index.device) == "numba":
+        words = torch.from_numpy(_philox_numba_blocks(counters.numpy(), *key))
+    else:
+        words = philox4x32_10(counters, key)
     normals = normals_from_uint32(words.reshape(-1), 0).reshape(-1, 4)
     return normals.gather(1, (index.reshape(-1) % 4)[:, None]).reshape(index.shape)
 
@@ -231,6 +235,10 @@ def perturb_(param: torch.Tensor, base: torch.Tensor, seed: int, name: str, sigm
         raise ValueError(f"{name}: param shape {tuple(param.shape)} != base shape {tuple(base.shape)}")
     if chunk <= 0 or chunk % 4:
         raise ValueError("chunk must be a positive multiple of 4")
+    if impl == "auto" and param.device.type == "cuda" and param.is_contiguous() and base.is_contiguous():
+        from randopt_hpc import noise_triton   # lazy: triton only where there is a GPU
+
+        return noise_triton.perturb_(param, base, seed, name, sigma)
     # Round sigma to float32 once, so the product is a float32 op whatever the caller passed.
     sigma32 = float(np.float32(sigma))
     flat_base = base.reshape(-1)

@@ -82,6 +82,12 @@ def run(cfg, comm, env, log, train, test) -> None:
     from randopt_hpc.tasks import get_task
 
     torch.set_num_threads(cfg.runtime.threads)
+    if cfg.runtime.device.startswith("cuda"):
+        # Before anything touches CUDA: this rank's GPU(s), from Slurm's binding or its local rank.
+        gpus = env.rank_gpus(cfg.vllm.tensor_parallel_size if cfg.backend == "vllm" else 1)
+        if gpus is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+            log.info("GPUs for this rank: CUDA_VISIBLE_DEVICES=%s", gpus)
     timer = Timer()
     out, rank, size, n = cfg.output.dir, comm.rank, comm.size, cfg.population.size
     if rank == 0:

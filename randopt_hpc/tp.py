@@ -134,7 +134,7 @@ def pieces(param: str, s: LlamaShape, tp_rank: int, tp_size: int) -> list[Piece]
 
 
 def shard_noise(seed: int, param: str, s: LlamaShape, tp_rank: int, tp_size: int, impl: str = "auto",
-                sources=None):
+                sources=None, device="cpu"):
     """The canonical noise of `param`'s checkpoint tensors, laid out as rank tp_rank holds it (zeros
     on vocabulary padding, and on pieces whose source is not in `sources` when given). Equal to
     slicing noise.noise(seed, source, shape) piece by piece."""
@@ -142,19 +142,25 @@ def shard_noise(seed: int, param: str, s: LlamaShape, tp_rank: int, tp_size: int
 
     from randopt_hpc import noise
 
-    out = torch.zeros(local_shape(param, s, tp_size), dtype=torch.float32)
+    on_gpu = torch.device(device).type == "cuda"
+    out = torch.zeros(local_shape(param, s, tp_size), dtype=torch.float32, device=device)
     for p in pieces(param, s, tp_rank, tp_size):
         if sources is not None and p.source not in sources:
             continue
         shape = source_shape(p.source, s)
         ncols = shape[1] if len(shape) == 2 else 1
         nrows = p.rows[1] - p.rows[0]
-        if p.cols is None:   # whole rows: one flat range of the canonical stream
-            eps = noise.normals_range(seed, p.source, p.rows[0] * ncols, nrows * ncols, impl, "cpu")
+        if p.cols is None or p.cols == (0, ncols):   # whole rows: one flat range of the canonical stream
+            if on_gpu:   # the fused Triton generator, on the GPU that holds the shard
+                from randopt_hpc import noise_triton
+
+                eps = noise_triton.normals(seed, p.source, p.rows[0] * ncols, nrows * ncols, device=device)
+            else:
+                eps = noise.normals_range(seed, p.source, p.rows[0] * ncols, nrows * ncols, impl, "cpu")
             out.view(-1, ncols if out.dim() == 2 else 1)[p.dest_row:p.dest_row + nrows] = eps.view(nrows, -1)
         else:                # a column band: element indices row * ncols + col
             r = torch.arange(p.rows[0], p.rows[1])[:, None]
             c = torch.arange(p.cols[0], p.cols[1])[None, :]
             out[p.dest_row:p.dest_row + nrows, p.dest_col:p.dest_col + c.shape[1]] = \
-                noise.normals_at(seed, p.source, r * ncols + c)
+                noise.normals_at(seed, p.source, r * ncols + c, impl=impl).to(device)
     return out

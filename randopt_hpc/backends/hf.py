@@ -27,7 +27,7 @@ class HFBackend:
         self.device = torch.device(device)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.noise_impl = "torch" if self.device.type != "cpu" else noise_impl
+        self.noise_impl = noise_impl   # auto: numba on CPU, the fused Triton kernel on CUDA
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, padding_side="left")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -73,7 +73,7 @@ class PerturbExtension:
         sigma32 = float(np.float32(sigma))
         for s in rp["slots"]:
             eps = tp.shard_noise(seed, s["param"], rp["seed_shape"], rp["rank"], rp["size"], impl=rp["impl"],
-                                 sources=rp["selected"]).to(s["base"].device)
+                                 sources=rp["selected"], device=s["base"].device)
             new = s["base"].clone()
             m = s["mask"]
             # The HF backend's formula, elementwise: cast(float32(sigma) * eps + float32(base)).

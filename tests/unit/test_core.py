@@ -50,3 +50,17 @@ def test_vote_majority_and_first_seen_tie_break():
     voted, correct = vote.vote(keys, ok, 3)
     assert voted == ["7", None, "2"] and correct == [False, False, True]
     assert vote.accuracy(correct) == pytest.approx(1 / 3)
+
+
+def test_rank_gpus_keeps_slurm_binding_and_splits_otherwise():
+    from randopt_hpc.comm import Environment
+
+    env = lambda **kw: Environment.from_os({k: str(v) for k, v in kw.items()})   # noqa: E731
+    # srun --gpus-per-task=1: each task already sees only its GPU
+    assert env(SLURM_PROCID=5, SLURM_NTASKS=8, SLURM_LOCALID=1, CUDA_VISIBLE_DEVICES="1").rank_gpus(1) is None
+    # mpiexec on a 4-GPU node: local rank r takes the r-th visible device, never an empty list
+    assert env(PMI_RANK=2, PMI_SIZE=4, MPI_LOCALRANKID=2, CUDA_VISIBLE_DEVICES="0,1,2,3").rank_gpus(1) == "2"
+    assert env(PMI_RANK=1, PMI_SIZE=2, MPI_LOCALRANKID=1, CUDA_VISIBLE_DEVICES="4,5,6,7").rank_gpus(2) == "6,7"
+    assert env(PMI_RANK=3, PMI_SIZE=4, MPI_LOCALRANKID=3).rank_gpus(1) == "3"
+    with pytest.raises(RuntimeError, match="local rank 2 needs 2 GPU"):
+        env(PMI_RANK=2, PMI_SIZE=3, MPI_LOCALRANKID=2, CUDA_VISIBLE_DEVICES="0,1,2,3").rank_gpus(2)
