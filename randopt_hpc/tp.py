@@ -150,6 +150,7 @@ def shard_noise(seed: int, param: str, s: LlamaShape, tp_rank: int, tp_size: int
         shape = source_shape(p.source, s)
         ncols = shape[1] if len(shape) == 2 else 1
         nrows = p.rows[1] - p.rows[0]
+        dst = region(out, p)
         if p.cols is None or p.cols == (0, ncols):   # whole rows: one flat range of the canonical stream
             if on_gpu:   # the fused Triton generator, on the GPU that holds the shard
                 from randopt_hpc import noise_triton
@@ -157,10 +158,29 @@ def shard_noise(seed: int, param: str, s: LlamaShape, tp_rank: int, tp_size: int
                 eps = noise_triton.normals(seed, p.source, p.rows[0] * ncols, nrows * ncols, device=device)
             else:
                 eps = noise.normals_range(seed, p.source, p.rows[0] * ncols, nrows * ncols, impl, "cpu")
-            out.view(-1, ncols if out.dim() == 2 else 1)[p.dest_row:p.dest_row + nrows] = eps.view(nrows, -1)
+            dst.copy_(eps.view(dst.shape))
         else:                # a column band: element indices row * ncols + col
             r = torch.arange(p.rows[0], p.rows[1])[:, None]
             c = torch.arange(p.cols[0], p.cols[1])[None, :]
-            out[p.dest_row:p.dest_row + nrows, p.dest_col:p.dest_col + c.shape[1]] = \
-                noise.normals_at(seed, p.source, r * ncols + c, impl=impl).to(device)
+            dst.copy_(noise.normals_at(seed, p.source, r * ncols + c, impl=impl))
+    return out
+
+
+def region(t, piece: Piece):
+    """The view of local tensor t that `piece` fills."""
+    rows = slice(piece.dest_row, piece.dest_row + piece.rows[1] - piece.rows[0])
+    if piece.cols is None:
+        return t[rows]
+    return t[rows, piece.dest_col:piece.dest_col + piece.cols[1] - piece.cols[0]]
+
+
+def assemble(param: str, s: LlamaShape, tp_rank: int, tp_size: int, tensors: dict, dtype):
+    """Rank tp_rank's `param` built from checkpoint tensors (zeros on vocabulary padding)."""
+    import torch
+
+    out = torch.zeros(local_shape(param, s, tp_size), dtype=dtype)
+    for p in pieces(param, s, tp_rank, tp_size):
+        src = tensors[p.source]
+        block = src[p.rows[0]:p.rows[1]] if p.cols is None else src[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]]
+        region(out, p).copy_(block.to(dtype))
     return out

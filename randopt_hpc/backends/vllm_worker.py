@@ -48,7 +48,7 @@ class PerturbExtension:
             if not any(p.source in selected for p in pieces):
                 continue
             dtype = w.dtype
-            base = _assemble(pieces, ckpt, tp.local_shape(param, shape, size), dtype)
+            base = tp.assemble(param, shape, rank, size, ckpt, dtype)
             packed = cpu and hasattr(module, "cpu_linear")
             if w.numel():   # the weight is still there: the mapping must reproduce it exactly
                 if not torch.equal(w.detach().cpu(), base):
@@ -57,7 +57,7 @@ class PerturbExtension:
             mask = torch.zeros(base.shape, dtype=torch.bool)
             for p in pieces:
                 if p.source in selected:
-                    _region(mask, p)[...] = True
+                    tp.region(mask, p)[...] = True
             self._rp["slots"].append({"param": param, "module": module, "base": base.to(w.device),
                                       "mask": mask.to(w.device), "packed": packed,
                                       "drop_weight": w.numel() == 0})
@@ -93,24 +93,6 @@ def current_platform_is_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
-
-
-def _region(t, piece):
-    rows = slice(piece.dest_row, piece.dest_row + piece.rows[1] - piece.rows[0])
-    if piece.cols is None:
-        return t[rows]
-    return t[rows, piece.dest_col:piece.dest_col + piece.cols[1] - piece.cols[0]]
-
-
-def _assemble(pieces, ckpt, local_shape, dtype):
-    import torch
-
-    out = torch.zeros(local_shape, dtype=dtype)
-    for p in pieces:
-        src = ckpt[p.source]
-        block = src[p.rows[0]:p.rows[1]] if p.cols is None else src[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]]
-        _region(out, p).copy_(block.to(dtype))
-    return out
 
 
 def _set_weight(slot, tensor) -> None:

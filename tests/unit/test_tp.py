@@ -26,16 +26,8 @@ def _labels(s: tp.LlamaShape) -> dict:
             .reshape(tp.source_shape(n, s)) for i, n in enumerate(names)}
 
 
-def _assemble(param, s, rank, size, tensors, dtype=torch.float64):
-    out = torch.zeros(tp.local_shape(param, s, size), dtype=dtype)
-    for p in tp.pieces(param, s, rank, size):
-        src = tensors[p.source]
-        block = src[p.rows[0]:p.rows[1]] if p.cols is None else src[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]]
-        if block.dim() == 2:
-            out[p.dest_row:p.dest_row + block.shape[0], p.dest_col:p.dest_col + block.shape[1]] = block
-        else:
-            out[p.dest_row:p.dest_row + block.shape[0]] = block
-    return out
+def _assemble(param, s, rank, size, tensors):
+    return tp.assemble(param, s, rank, size, tensors, torch.float64)
 
 
 @pytest.mark.parametrize("s", SHAPES, ids=lambda s: f"kv{s.kv_heads}-vocab{s.vocab}-tie{int(s.tie)}")
