@@ -36,11 +36,10 @@ class Timer:
 
 def count_done(out_dir: str) -> int:
     """Candidates finished in a run folder, from its shards (cheap: no JSON parsing)."""
-    import glob
-    import os
+    from randopt_hpc.results import shard_files
 
     n = 0
-    for path in glob.glob(os.path.join(out_dir, "shards", "rank-*.jsonl")):
+    for path in shard_files(out_dir):
         with open(path, "rb") as f:
             n += sum(1 for line in f if line.startswith(b'{"type":"candidate"') and line.endswith(b"\n"))
     return n

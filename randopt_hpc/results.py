@@ -59,16 +59,24 @@ def _drop_torn_tail(path: str) -> None:
 
 def read_shards(out_dir: str) -> list[dict]:
     """Every complete record of every shard (any past rank count); torn last lines are dropped."""
+    return [r for path in shard_files(out_dir) for r in read_shards_file(path)]
+
+
+def shard_files(out_dir: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(out_dir, "shards", "rank-*.jsonl")))
+
+
+def read_shards_file(path: str) -> list[dict]:
+    """The complete records of one shard, up to a torn or corrupt line."""
     records = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "shards", "rank-*.jsonl"))):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
     return records
 
 

@@ -91,6 +91,16 @@ def test_sigkill_one_rank_then_rerun_equals_uninterrupted(runs, tiny_model, tmp_
     assert sorted(indices) == list(range(12))         # every candidate exactly once across the shards
 
 
+def _status(out) -> dict:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "randopt_hpc.status", str(out), "--json"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
 def test_resume_with_another_rank_count(runs, tiny_model, tmp_path):
     """Candidates finished by 3 ranks are reused by 2; the result is the same."""
     out = tmp_path / "regrow"
@@ -99,8 +109,17 @@ def test_resume_with_another_rank_count(runs, tiny_model, tmp_path):
     assert first.returncode != 0
     done = count_done(str(out))
     assert done >= 1
+    # The status command reads the interrupted run's folder as it is.
+    status = _status(out)
+    cands = [r for r in results.read_shards(str(out)) if r["type"] == "candidate"]
+    assert (status["population"], status["done"], status["left"], status["finished"]) == (12, done, 12 - done, False)
+    assert {s["rank"]: s["done"] for s in status["shards"]} == \
+        {rank: sum(r["rank"] == rank for r in cands) for rank in range(3)}
+    assert status["rate"] > 0 and status["eta_s"] > 0
     second = launch(cfg, 2)
     assert second.returncode == 0, second.stderr[-3000:]
+    status = _status(out)
+    assert (status["done"], status["left"], status["finished"]) == (12, 0, True)
     assert_same_results(str(runs["np2"][0]), str(out / "results.h5"))
     indices = [r["index"] for r in results.read_shards(str(out)) if r["type"] == "candidate"]
     assert sorted(indices) == list(range(12))

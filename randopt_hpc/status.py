@@ -1,0 +1,72 @@
+"""Progress of a running or interrupted run, from its folder alone: `python -m randopt_hpc.status OUTPUT_DIR`.
+
+Reads run.yaml and the shards (no MPI, no model), so it works on a login node while the job runs,
+after a crash, or before a requeue. Per shard (one per rank of every launch that wrote to the
+folder): candidates done, busy seconds, candidates/s, and how long ago it last wrote.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from randopt_hpc import results
+
+
+def summarize(out_dir: str, now: float | None = None) -> dict:
+    """Done/N per shard and overall, rate (sum of the shards' busy rates) and ETA."""
+    import yaml
+
+    run_yaml = os.path.join(out_dir, results.RUN_YAML)
+    if not os.path.exists(run_yaml):
+        raise FileNotFoundError(f"{out_dir}: no {results.RUN_YAML}; not a randopt_hpc run folder")
+    with open(run_yaml, encoding="utf-8") as f:
+        n = int(yaml.safe_load(f)["population"]["size"])
+    now = time.time() if now is None else now
+    records = results.read_shards(out_dir)
+    done = results.index_records(records, "candidate")
+    shards = []
+    for path in results.shard_files(out_dir):
+        rank = int(os.path.basename(path)[len("rank-"):-len(".jsonl")])
+        mine = [r for r in results.read_shards_file(path) if r.get("type") == "candidate"]
+        busy = sum(r["seconds"] for r in mine)
+        shards.append({"rank": rank, "done": len(mine), "busy_s": round(busy, 2),
+                       "rate": len(mine) / busy if busy > 0 else 0.0,
+                       "last_write_s_ago": round(now - os.path.getmtime(path), 1)})
+    rate = sum(s["rate"] for s in shards)
+    left = n - len(done)
+    return {"dir": out_dir, "population": n, "done": len(done), "left": left,
+            "finished": os.path.exists(os.path.join(out_dir, results.RESULTS)),
+            "rate": rate, "eta_s": (left / rate if rate > 0 else None) if left else 0.0, "shards": shards}
+
+
+def render(s: dict) -> str:
+    state = "finished (results.h5 written)" if s["finished"] else ("all candidates done, vote pending"
+                                                                    if not s["left"] else "not finished")
+    eta = "?" if s["eta_s"] is None else f"{s['eta_s']:.0f} s"
+    lines = [f"{s['dir']}: {s['done']}/{s['population']} candidates ({100 * s['done'] / s['population']:.0f}%), "
+             f"{state}; {s['rate']:.2f} candidates/s while busy, ETA {eta}",
+             f"{'shard':>6} {'done':>6} {'busy s':>9} {'cand/s':>7} {'last write':>11}"]
+    for sh in s["shards"]:
+        lines.append(f"{sh['rank']:>6} {sh['done']:>6} {sh['busy_s']:>9.1f} {sh['rate']:>7.2f} "
+                     f"{sh['last_write_s_ago']:>9.0f} s")
+    return "\n".join(lines)
+
+
+@click.command(help=__doc__.splitlines()[0])
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
+def main(out_dir: str, as_json: bool) -> None:
+    try:
+        s = summarize(out_dir)
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as e:
+        click.echo(f"randopt_hpc.status: error: {e}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(s) if as_json else render(s))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The status command on a hand-made run folder (real shard files): counts, rates, ETA, torn lines, errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from randopt_hpc import results, status
+
+
+def _folder(tmp_path, n=10):
+    (tmp_path / results.RUN_YAML).write_text(f"population:\n  size: {n}\n")
+    for rank, items in ((0, [(0, 1.0), (2, 1.0), (4, 2.0)]), (1, [(1, 0.5)])):
+        shard = results.Shard(str(tmp_path), rank)
+        for i, secs in items:
+            shard.append({"type": "candidate", "index": i, "seconds": secs, "rank": rank})
+        shard.close()
+    with open(results.shard_path(str(tmp_path), 1), "a") as f:
+        f.write('{"type":"candidate","index":3,')      # a rank killed mid-write
+    return tmp_path
+
+
+def test_counts_rates_and_eta(tmp_path):
+    s = status.summarize(str(_folder(tmp_path)), now=0.0)
+    assert (s["population"], s["done"], s["left"], s["finished"]) == (10, 4, 6, False)
+    assert [(sh["rank"], sh["done"], sh["busy_s"]) for sh in s["shards"]] == [(0, 3, 4.0), (1, 1, 0.5)]
+    assert s["rate"] == pytest.approx(3 / 4.0 + 1 / 0.5)
+    assert s["eta_s"] == pytest.approx(6 / (3 / 4.0 + 1 / 0.5))
+    text = status.render(s)
+    assert "4/10 candidates (40%)" in text and "not finished" in text
+
+
+def test_cli_exit_codes(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "randopt_hpc.status", str(_folder(tmp_path))],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "4/10" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "randopt_hpc.status", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "run.yaml" in bad.stderr
