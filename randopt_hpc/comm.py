@@ -38,6 +38,35 @@ class Fault:
         return Fault(int(parts[1]), int(parts[3]))
 
 
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL: stopped on request at a candidate boundary; rerun or requeue to resume
+
+
+class Preempted(Exception):
+    """Raised at a candidate boundary after SIGTERM/SIGUSR1: the shard is flushed, nothing is half done."""
+
+
+class StopSignals:
+    """SIGTERM (Slurm's preemption and time limit) and SIGUSR1 (`sbatch --signal=USR1@...`) only set a
+    flag; the run loop checks it between candidates, so a signal never interrupts a write."""
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        import signal
+
+        self.received: str | None = None
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, name), self._note)
+
+    def _note(self, signum, frame) -> None:
+        import signal
+
+        self.received = signal.Signals(signum).name
+
+    def check(self, where: str) -> None:
+        if self.received:
+            raise Preempted(f"{self.received} received; stopped before {where}")
+
+
 @dataclass(frozen=True)
 class Environment:
     launched_rank: int | None     # what the launcher says, before MPI is initialised

@@ -11,7 +11,7 @@ import time
 
 from randopt_hpc import population as pop
 from randopt_hpc import results, select
-from randopt_hpc.comm import Environment, make_comm, setup_logging
+from randopt_hpc.comm import EXIT_PREEMPTED, Environment, Preempted, StopSignals, make_comm, setup_logging
 from randopt_hpc.config import ConfigError, fingerprint_hash, from_dict, load_config, result_fingerprint, to_yaml
 from randopt_hpc.progress import Progress, Timer
 
@@ -39,8 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     comm = make_comm(cfg.runtime.comm, env)
     log = setup_logging(comm.rank, comm.size)
+    stop = StopSignals()
     try:
-        run(cfg, comm, env, log, train, test)
+        run(cfg, comm, env, log, train, test, stop)
+    except Preempted as e:
+        # Every finished candidate is in the shard already; ending the world here (not in a collective
+        # that a rank without the signal may never reach) lets a requeue resume promptly.
+        log.warning("%s; shard flushed. Rerun the same command (or requeue) to resume.", e)
+        comm.abort(EXIT_PREEMPTED)
+        return EXIT_PREEMPTED
     except BaseException:
         log.exception("failed")
         comm.abort(1)   # MPI: ends every rank, never a hang in a collective
@@ -73,7 +80,7 @@ def check_output_dir(cfg) -> str:
     return "finished" if has_results else "resume"
 
 
-def run(cfg, comm, env, log, train, test) -> None:
+def run(cfg, comm, env, log, train, test, stop=None) -> None:
     # numba's pool and torch's both get this rank's share of cores (one rank per core is the norm).
     os.environ.setdefault("NUMBA_NUM_THREADS", str(cfg.runtime.threads))
     import torch
@@ -130,6 +137,8 @@ def run(cfg, comm, env, log, train, test) -> None:
     # Population: perturb -> answer the train set -> score -> restore, one candidate at a time.
     progress = Progress(out, n, len(done), cfg.runtime.progress_every_s, log) if rank == 0 else None
     for i in todo:
+        if stop:
+            stop.check(f"candidate {i}")
         if env.fault and env.fault.rank == rank and env.fault.candidate == i:
             raise RuntimeError(f"RANDOPT_FAULT: injected failure at candidate {i}")
         c = cands[i]
@@ -163,6 +172,8 @@ def run(cfg, comm, env, log, train, test) -> None:
     for kind, key in my_jobs:
         if key in (base if kind == "base" else member_recs):
             continue
+        if stop:
+            stop.check(f"{kind} {key} answers the test set" if kind == "member" else f"the base model's {key} answers")
         if kind == "base":
             texts, rec = answer(train if key == "train" else test)
             base[key] = {"type": "base", "split": key, **rec, "texts": texts}   # one model: always keep text

@@ -91,6 +91,38 @@ def test_sigkill_one_rank_then_rerun_equals_uninterrupted(runs, tiny_model, tmp_
     assert sorted(indices) == list(range(12))         # every candidate exactly once across the shards
 
 
+def test_sigterm_stops_every_rank_at_a_boundary_and_a_rerun_resumes(runs, tiny_model, tmp_path):
+    """Slurm preemption / time limit: SIGTERM to every task. Each rank stops between candidates, the
+    job exits with EXIT_PREEMPTED (75), and the rerun completes with nothing lost or evaluated twice."""
+    out = tmp_path / "preempted"
+    cfg = write_config(tmp_path / "preempted.yaml", tiny_model, out)
+    proc = launch(cfg, 2, popen=True)
+    pids = []
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if count_done(str(out)) >= 3:
+            pids = [p for p in (_rank_pid(str(cfg), r) for r in (0, 1)) if p]
+            if len(pids) == 2:
+                t0 = time.time()
+                for pid in pids:
+                    os.kill(pid, signal.SIGTERM)
+                break
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=120)
+    assert len(pids) == 2, "the run ended before the ranks could be signalled"
+    assert proc.returncode == 75, stderr[-3000:]
+    assert time.time() - t0 < 30
+    assert "SIGTERM received; stopped before" in stderr and "Rerun the same command" in stderr
+    assert not (out / "results.h5").exists()
+    done_before = count_done(str(out))
+    assert 3 <= done_before < 12
+    again = launch(cfg, 2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_results(str(runs["np2"][0]), str(out / "results.h5"))
+    indices = [r["index"] for r in results.read_shards(str(out)) if r["type"] == "candidate"]
+    assert sorted(indices) == list(range(12))
+
+
 def _status(out) -> dict:
     import subprocess
     import sys
