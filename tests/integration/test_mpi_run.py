@@ -1,6 +1,7 @@
 """The main job under real mpiexec: determinism across rank counts, resume after SIGKILL, fault abort."""
 import json
 import os
+import re
 import signal
 import time
 
@@ -64,31 +65,45 @@ def test_results_file_contract(runs):
         assert line in stderr
 
 
-def test_sigkill_one_rank_then_rerun_equals_uninterrupted(runs, tiny_model, tmp_path):
-    out = tmp_path / "killed"
-    cfg = write_config(tmp_path / "killed.yaml", tiny_model, out)
+def _signal_mid_run(cfg, out, ranks, sig):
+    """Start a 2-rank run, send `sig` to the given ranks once 3 candidates are done; (proc, stderr, seconds
+    from the signal to the job's end)."""
     proc = launch(cfg, 2, popen=True)
-    victim = None
+    pids = []
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if count_done(str(out)) >= 3:
-            victim = _rank_pid(str(cfg), 1)
-            if victim:
-                os.kill(victim, signal.SIGKILL)
+            pids = [p for p in (_rank_pid(str(cfg), r) for r in ranks) if p]
+            if len(pids) == len(ranks):
+                t0 = time.time()
+                for pid in pids:
+                    os.kill(pid, sig)
                 break
         time.sleep(0.02)
-    proc.communicate(timeout=120)
-    assert victim is not None, "the run ended before a rank could be killed"
-    assert proc.returncode != 0
+    _, stderr = proc.communicate(timeout=120)
+    assert len(pids) == len(ranks), "the run ended before the ranks could be signalled"
     assert not (out / "results.h5").exists()
+    return proc, stderr, time.time() - t0
+
+
+def _rerun_equals_uninterrupted(cfg, out, runs):
     done_before = count_done(str(out))
     assert 3 <= done_before < 12
     again = launch(cfg, 2)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"{done_before} already done" in again.stderr or "already done" in again.stderr
+    # Each rank reports what it found done; together that is everything the interrupted run finished.
+    assert sum(int(k) for k in re.findall(r"are mine, (\d+) already done", again.stderr)) == done_before
     assert_same_results(str(runs["np2"][0]), str(out / "results.h5"))
     indices = [r["index"] for r in results.read_shards(str(out)) if r["type"] == "candidate"]
     assert sorted(indices) == list(range(12))         # every candidate exactly once across the shards
+
+
+def test_sigkill_one_rank_then_rerun_equals_uninterrupted(runs, tiny_model, tmp_path):
+    out = tmp_path / "killed"
+    cfg = write_config(tmp_path / "killed.yaml", tiny_model, out)
+    proc, _, _ = _signal_mid_run(cfg, out, [1], signal.SIGKILL)
+    assert proc.returncode != 0
+    _rerun_equals_uninterrupted(cfg, out, runs)
 
 
 def test_sigterm_stops_every_rank_at_a_boundary_and_a_rerun_resumes(runs, tiny_model, tmp_path):
@@ -96,31 +111,11 @@ def test_sigterm_stops_every_rank_at_a_boundary_and_a_rerun_resumes(runs, tiny_m
     job exits with EXIT_PREEMPTED (75), and the rerun completes with nothing lost or evaluated twice."""
     out = tmp_path / "preempted"
     cfg = write_config(tmp_path / "preempted.yaml", tiny_model, out)
-    proc = launch(cfg, 2, popen=True)
-    pids = []
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if count_done(str(out)) >= 3:
-            pids = [p for p in (_rank_pid(str(cfg), r) for r in (0, 1)) if p]
-            if len(pids) == 2:
-                t0 = time.time()
-                for pid in pids:
-                    os.kill(pid, signal.SIGTERM)
-                break
-        time.sleep(0.02)
-    _, stderr = proc.communicate(timeout=120)
-    assert len(pids) == 2, "the run ended before the ranks could be signalled"
+    proc, stderr, seconds = _signal_mid_run(cfg, out, [0, 1], signal.SIGTERM)
     assert proc.returncode == 75, stderr[-3000:]
-    assert time.time() - t0 < 30
+    assert seconds < 30
     assert "SIGTERM received; stopped before" in stderr and "Rerun the same command" in stderr
-    assert not (out / "results.h5").exists()
-    done_before = count_done(str(out))
-    assert 3 <= done_before < 12
-    again = launch(cfg, 2)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert_same_results(str(runs["np2"][0]), str(out / "results.h5"))
-    indices = [r["index"] for r in results.read_shards(str(out)) if r["type"] == "candidate"]
-    assert sorted(indices) == list(range(12))
+    _rerun_equals_uninterrupted(cfg, out, runs)
 
 
 def _status(out) -> dict:
