@@ -17,8 +17,6 @@ from typing import Any
 _RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS")
 _LOCAL_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
-_LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
-                    "SLURM_NTASKS_PER_NODE")
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,6 @@ class Environment:
     slurm_job_id: str | None
     fault: Fault | None
     cuda_visible: str | None = None     # CUDA_VISIBLE_DEVICES as launched (Slurm's binding, if any)
-    local_size: int | None = None       # ranks on this node
 
     @staticmethod
     def from_os(environ: dict | None = None) -> "Environment":
@@ -86,7 +83,7 @@ class Environment:
             launched_rank=first(_RANK_VARS), launched_size=first(_SIZE_VARS),
             local_rank=first(_LOCAL_VARS) or 0, hostname=socket.gethostname(),
             slurm_job_id=env.get("SLURM_JOB_ID"), fault=Fault.parse(env.get("RANDOPT_FAULT")),
-            cuda_visible=env.get("CUDA_VISIBLE_DEVICES"), local_size=first(_LOCAL_SIZE_VARS))
+            cuda_visible=env.get("CUDA_VISIBLE_DEVICES"))
 
     def rank_gpus(self, per_rank: int) -> str | None:
         """CUDA_VISIBLE_DEVICES for this rank's `per_rank` GPUs, or None to leave it as it is.

@@ -173,7 +173,7 @@ def run(cfg, comm, env, log, train, test, stop=None) -> None:
         if key in (base if kind == "base" else member_recs):
             continue
         if stop:
-            stop.check(f"{kind} {key} answers the test set" if kind == "member" else f"the base model's {key} answers")
+            stop.check(f"{kind} {key} on the test set" if kind == "member" else f"the base model on {key}")
         if kind == "base":
             texts, rec = answer(train if key == "train" else test)
             base[key] = {"type": "base", "split": key, **rec, "texts": texts}   # one model: always keep text

@@ -18,7 +18,7 @@ from randopt_hpc.tasks.base import Example
 class VLLMBackend:
     def __init__(self, path: str, dtype: str = "float32", *, max_new_tokens: int, batch_size: int,
                  include: Sequence[str] = (), exclude: Sequence[str] = (), device: str = "cpu",
-                 noise_impl: str = "auto", tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
+                 noise_impl: str = "auto", tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  enforce_eager: bool = True, max_model_len: int | None = None, block_size: int | None = None):
         # In-process engine: each MPI rank owns its engine, and collective_rpc reaches the worker directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -26,7 +26,6 @@ class VLLMBackend:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from vllm import LLM, SamplingParams
 
-        self.max_new_tokens = max_new_tokens
         self.llm = LLM(model=path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                        enforce_eager=enforce_eager, gpu_memory_utilization=gpu_memory_utilization,
                        enable_prefix_caching=False,   # a cached prefix would answer with the old weights

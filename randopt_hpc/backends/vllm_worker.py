@@ -90,7 +90,7 @@ class PerturbExtension:
 
     def randopt_restore(self) -> None:
         for s in self._rp["slots"]:
-            _set_weight(s, s["base"].clone())
+            _set_weight(s, s["base"])
 
     def randopt_weights(self) -> dict:
         """The weights the worker holds now (for tests): the unpacked local tensors."""
@@ -111,7 +111,9 @@ def _set_weight(slot, tensor) -> None:
     if slot["packed"]:
         from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
-        module.weight = torch.nn.Parameter(tensor, requires_grad=False)
+        # The packed layer keeps this tensor as its weight: never hand it the pristine copy itself.
+        weight = tensor.clone() if tensor is slot["base"] else tensor
+        module.weight = torch.nn.Parameter(weight, requires_grad=False)
         dispatch_cpu_unquantized_gemm(module, remove_weight=slot["drop_weight"])
     else:
         module.weight.data.copy_(tensor)
