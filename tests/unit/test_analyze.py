@@ -1,0 +1,344 @@
+"""tools/analyze: the math on hand-made numbers, and the CLI on results files written by hand."""
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from randopt_hpc import results, vote
+from tests.conftest import ROOT
+from tools import metrics
+from tools.analyze import cli
+
+# ----------------------------------------------------------------------------- a hand-made results file
+
+# Four members, four test items: ties, abstains ('') and an item only the last member gets right.
+KEYS = [["a", "", "x", ""],
+        ["b", "", "y", "z"],
+        ["b", "c", "y", ""],
+        ["a", "d", "y", ""]]
+CORRECT = [[True, False, False, False],
+           [False, False, True, True],
+           [False, False, True, False],
+           [True, True, True, False]]
+VOTE_ACC = [0.25, 0.5, 0.5, 0.75]       # worked out by hand, item by item (see test_vote_and_coverage_per_k)
+COVERAGE = [0.25, 0.75, 0.75, 1.0]
+
+
+def _ensemble(members, keys, correct, ks):
+    voted = [vote.vote(keys, correct, k) for k in ks]
+    return {"members": np.array(members, dtype=np.int64), "test_key": np.array(keys, dtype=object),
+            "test_correct": np.array(correct, dtype=bool),
+            "test_reward": np.array(correct, dtype=np.float32), "k": np.array(ks, dtype=np.int64),
+            "voted_key": np.array([[k or "" for k in v[0]] for v in voted], dtype=object),
+            "voted_correct": np.array([v[1] for v in voted], dtype=bool),
+            "accuracy": np.array([vote.accuracy(v[1]) for v in voted]), "train_accuracy": np.zeros(len(ks))}
+
+
+def make_results(out_dir, hits=(1, 2, 2, 3, 5, 4), base_hits=2, m=10, sigmas=None, seed=0, ks=(1, 3),
+                 config=None, extra=None):
+    """A minimal valid results.h5 per docs/results-schema.md: candidate i gets hits[i] of m train examples right."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(hits)
+    reward = np.array([[1.0] * h + [0.0] * (m - h) for h in hits], dtype=np.float32)
+    base_reward = np.array([1.0] * base_hits + [0.0] * (m - base_hits), dtype=np.float32)
+    score = reward.mean(axis=1).astype(np.float64)
+    ranking = sorted(range(n), key=lambda i: (-score[i], i))
+    cfg = {"task": {"name": "countdown"}, "population": {"size": n, "seed": seed, "sigmas": [0.01, 0.02]},
+           "selection": {"top_k": list(ks)}, "output": {"dir": str(out_dir)}}
+    for section, values in (config or {}).items():
+        cfg.setdefault(section, {}).update(values)
+    members = ranking[:4]
+    tree = {
+        "population": {"index": np.arange(n), "seed": np.arange(n, dtype=np.int64) + 1000 * seed,
+                       "sigma": np.array(sigmas if sigmas is not None else [0.01, 0.02] * (n // 2) + [0.01] * (n % 2)),
+                       "train_score": score, "train_accuracy": score, "train_reward": reward,
+                       "train_correct": reward > 0, "train_key": np.full((n, m), "1", dtype=object),
+                       "rank": np.arange(n, dtype=np.int32) % 2, "seconds": np.ones(n)},
+        "base": {"train_reward": base_reward, "train_correct": base_reward > 0,
+                 "train_key": np.full(m, "1", dtype=object), "test_reward": np.array([1, 0, 0, 0], dtype=np.float32),
+                 "test_correct": np.array([True, False, False, False]), "test_key": np.array(["a", "", "", ""], dtype=object)},
+        "selection": {"ranking": np.array(ranking, dtype=np.int64), "top_k": np.array(ks, dtype=np.int64)},
+        "ensemble": {"selected": _ensemble(members, KEYS, CORRECT, ks),
+                     "control": _ensemble(list(range(4)), KEYS[::-1], CORRECT[::-1], ks)},
+        "data": {"task": np.array("countdown", dtype=object), "train_ids": np.array([str(i) for i in range(m)], dtype=object),
+                 "test_ids": np.array(["t0", "t1", "t2", "t3"], dtype=object)},
+        "timing": {"rank": np.array([0, 1]), "hostname": np.array(["h0", "h1"], dtype=object),
+                   "busy": np.array([30.0, 10.0]), "wait": np.array([0.5, 20.0]), "wall": np.array([31.0, 31.0]),
+                   "candidates": np.array([3, 3])},
+    }
+    for path, value in (extra or {}).items():
+        group, name = path.split("/")
+        tree[group][name] = value
+    attrs = {"config": yaml.safe_dump(cfg), "world_size": 2, "task": "countdown", "population_size": n}
+    return results.write_results(str(out_dir), tree, attrs)
+
+
+def run(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def run_json(*args):
+    code, out, err = run(*args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_results(tmp_path_factory.mktemp("hand") / "run")
+
+
+# ----------------------------------------------------------------------------- imports
+
+def test_cli_imports_no_mpi_torch_vllm_matplotlib(demo):
+    code = ("import sys; from click.testing import CliRunner; from tools.analyze import cli\n"
+            f"for c in ('summary', 'kcurve', 'sigma', 'density', 'passk', 'merge'):\n"
+            f"    assert CliRunner().invoke(cli, [c, {str(demo)!r}]).exit_code == 0, c\n"
+            "print(sorted(m for m in ('mpi4py', 'vllm', 'torch', 'matplotlib') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- density
+
+def test_density_exact_on_hand_made_scores():
+    d = metrics.density(np.array([0.1, 0.2, 0.2, 0.3, 0.5]), 0.2, [-0.1, 0.0, 0.1, 0.3, 0.31])
+    assert d["count"].tolist() == [5, 4, 2, 1, 0]          # 0.2 + 0.1 ≠ 0.3 in floats; 0.3 still counts
+    assert d["density"].tolist() == [1.0, 0.8, 0.4, 0.2, 0.0]
+    assert np.all(d["low"] <= d["density"]) and np.all(d["density"] <= d["high"])
+    lo, hi = metrics.wilson(0, 10)                         # Wilson at 0 of n: [0, z²/(n+z²)]
+    z2 = 1.959963984540054 ** 2
+    assert lo == 0 and hi == pytest.approx(z2 / (10 + z2))
+    lo, hi = metrics.wilson(np.arange(11), 10)
+    assert np.all(lo <= np.arange(11) / 10) and np.all(np.arange(11) / 10 <= hi) and lo[0] == 0 and hi[-1] == 1
+
+
+def test_density_command_uses_base_from_rewards(demo):
+    [d] = run_json("density", demo, "--margins", "0,0.1,-0.1,0.3")
+    assert d["base_train_score"] == pytest.approx(0.2)
+    # scores 0.1 0.2 0.2 0.3 0.5 0.4, base 0.2
+    assert [r["count"] for r in d["rows"]] == [5, 3, 6, 1]
+    assert d["N"] == 6
+    [auto] = run_json("density", demo)
+    assert 0.0 in [r["margin"] for r in auto["rows"]]
+    assert auto["rows"][0]["density"] == 1.0 and auto["rows"][-1]["count"] <= 1
+
+
+def test_auto_margins_are_round_and_include_zero():
+    g = metrics.auto_margins(np.array([0.1345, 0.285]), 0.225)
+    assert 0.0 in g and g[0] <= 0.1345 - 0.225 and g[-1] >= 0.285 - 0.225
+    assert np.allclose(np.diff(g), g[1] - g[0])
+
+
+# ----------------------------------------------------------------------------- sigma
+
+def test_sigma_table(demo):
+    [d] = run_json("sigma", demo)
+    rows = {r["sigma"]: r for r in d["rows"]}
+    # sigma 0.01: candidates 0, 2, 4 -> 0.1, 0.2, 0.5 ; 0.02: 1, 3, 5 -> 0.2, 0.3, 0.4 ; base 0.2
+    assert rows[0.01]["count"] == 3 and rows[0.01]["mean"] == pytest.approx(0.8 / 3)
+    assert rows[0.01]["above_base"] == pytest.approx(1 / 3) and rows[0.01]["at_least_base"] == pytest.approx(2 / 3)
+    assert rows[0.02]["q0"] == pytest.approx(0.2) and rows[0.02]["q100"] == pytest.approx(0.4)
+    assert rows[0.02]["at_least_base"] == 1.0 and rows[0.02]["above_base"] == pytest.approx(2 / 3)
+    assert rows["all"]["count"] == 6 and rows["all"]["q50"] == pytest.approx(0.25)
+
+
+# ----------------------------------------------------------------------------- discordance
+
+def test_discordance_identical_independent_anticorrelated():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=500)
+    assert metrics.discordance(np.column_stack([x, x, 2 * x + 1]))["D"] == pytest.approx(0.0)
+    big = metrics.discordance(rng.normal(size=(20000, 3)))
+    assert big["D"] == pytest.approx(1.0, abs=0.03) and big["bound"] == 1.5
+    anti = metrics.discordance(np.column_stack([x, -x]))
+    assert anti["D"] == pytest.approx(2.0) and anti["bound"] == 2.0
+    for seed in range(30):                                   # never above M/(M-1), whatever the structure
+        r = np.random.default_rng(seed)
+        m = int(r.integers(2, 6))
+        base = r.normal(size=(40, 1))
+        cols = r.normal(size=(40, m)) + base * r.choice([-3.0, 3.0], size=m)
+        d = metrics.discordance(np.round(cols, 1))          # rounding makes ties
+        assert d["D"] <= d["bound"] + 1e-12
+
+
+def test_discordance_constant_column_and_ties():
+    assert metrics.average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    with pytest.raises(metrics.ConstantColumn) as e:
+        metrics.discordance(np.column_stack([np.arange(5.0), np.ones(5)]))
+    assert e.value.columns == [1]
+
+
+def test_discordance_command_files_and_splits(tmp_path, demo):
+    same = make_results(tmp_path / "other-task", hits=(5, 4, 3, 2, 1, 0))     # same seeds and sigmas, reversed ranking
+    d = run_json("discordance", demo, same)
+    assert d["M"] == 2 and d["bound"] == 2.0 and d["D"] > 1.5
+    code, _, err = run("discordance", demo, make_results(tmp_path / "pop1", seed=1))
+    assert code == 2 and err.count("\n") == 1 and "not the same population" in err and "population/seed" in err
+    split = run_json("discordance", make_results(tmp_path / "wide", hits=(1, 6, 7, 3, 9, 10)), "--splits", "2")
+    assert split["M"] == 2 and split["D"] < 1
+    # 10 examples in 2 blocks of 5: candidate hits are a prefix, so block 2 is constant (all zero) except for 5+ hits
+    code, _, err = run("discordance", make_results(tmp_path / "flat", hits=(1, 2, 3, 4)), "--splits", "2")
+    assert code == 2 and "same score" in err and "train block 2/2" in err
+    code, _, err = run("discordance", demo)
+    assert code == 2 and "--splits" in err
+
+
+def test_split_scores():
+    r = np.array([[1, 0, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=np.float32)
+    assert metrics.split_scores(r, 2).tolist() == [[2 / 3, 0.5], [0.0, 1.0]]
+    with pytest.raises(ValueError):
+        metrics.split_scores(r, 6)
+
+
+# ----------------------------------------------------------------------------- vote, coverage
+
+def test_vote_and_coverage_per_k():
+    acc, per_k = metrics.vote_curve(KEYS, np.array(CORRECT))
+    # item 0: a | a,b tie -> a | b,b beat a | 2-2 tie -> a (first)       -> T F... per k: T T F T
+    # item 1: abstain | abstain | c (wrong) | c,d tie -> c (wrong)        -> F F F F
+    # item 2: x wrong | x,y tie -> x | y | y                                -> F F T T
+    # item 3: abstain | z right | z | z                                     -> F T T T
+    assert [list(map(bool, v)) for v in per_k] == [[True, False, False, False], [True, False, False, True],
+                                                  [False, False, True, True], [True, False, True, True]]
+    assert acc.tolist() == VOTE_ACC
+    assert metrics.coverage_curve(np.array(CORRECT)).tolist() == COVERAGE
+
+
+def test_kcurve_command_matches_stored_vote(demo, tmp_path):
+    [d] = run_json("kcurve", demo)
+    assert d["selected"]["accuracy"] == VOTE_ACC and d["selected"]["coverage"] == COVERAGE
+    assert d["selected"]["matches_stored"] and d["control"]["matches_stored"]
+    with h5py.File(demo) as f:
+        for g in ("selected", "control"):
+            for k, acc in zip(f[f"ensemble/{g}/k"][()], f[f"ensemble/{g}/accuracy"][()]):
+                assert d[g]["accuracy"][k - 1] == pytest.approx(acc)
+    bad = make_results(tmp_path / "bad")
+    with h5py.File(bad, "r+") as f:
+        f["ensemble/selected/voted_correct"][1] = ~f["ensemble/selected/voted_correct"][1]
+    [d] = run_json("kcurve", bad)
+    assert not d["selected"]["matches_stored"] and d["selected"]["mismatched_k"] == [3]
+    code, out, _ = run("kcurve", bad)
+    assert code == 0 and "NO, differs at K = [3]" in out
+
+
+# ----------------------------------------------------------------------------- pass@k
+
+def _pass_by_enumeration(ok: np.ndarray, k: int) -> float:
+    n = ok.shape[0]
+    subsets = list(itertools.combinations(range(n), k))
+    return float(np.mean([np.mean([ok[list(s), t].any() for s in subsets]) for t in range(ok.shape[1])]))
+
+
+def test_pass_at_k_against_enumeration():
+    rng = np.random.default_rng(1)
+    ok = rng.random((7, 9)) < 0.3
+    ok[:, 0] = False
+    ok[:, 1] = True
+    curve = metrics.pass_at_k_curve(ok)
+    for k in range(1, 8):
+        assert curve[k - 1] == pytest.approx(_pass_by_enumeration(ok, k))
+        c = ok.sum(axis=0)
+        assert curve[k - 1] == pytest.approx(np.mean([1 - math.comb(7 - ci, k) / math.comb(7, k) for ci in c]))
+    assert curve[-1] == pytest.approx(ok.any(axis=0).mean())     # k = n: coverage of everyone
+
+
+def test_passk_command_members_and_base_samples(demo, tmp_path):
+    [d] = run_json("passk", demo)
+    assert d["selected"]["n"] == 4 and "not i.i.d." in d["note"]
+    assert d["selected"]["pass_at_k"][0] == pytest.approx(np.mean(CORRECT))
+    assert d["selected"]["coverage_in_order"] == COVERAGE
+    assert d["selected"]["pass_at_k"][-1] == pytest.approx(1.0)
+    samples = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
+    [s] = run_json("passk", make_results(tmp_path / "samples", extra={"base/test_samples_correct": samples}))
+    assert s["source"] == "base/test_samples_correct" and "selected" not in s
+    assert s["samples"]["pass_at_k"] == pytest.approx([_pass_by_enumeration(samples, k) for k in (1, 2, 3)])
+
+
+# ----------------------------------------------------------------------------- summary, merge
+
+def test_summary_numbers(demo):
+    [s] = run_json("summary", demo)
+    assert s["sizes"] == {"N": 6, "M_train": 10, "T_test": 4, "world_size": 2, "K": [1, 3]}
+    base, best = s["models"][0], s["models"][1]
+    assert base["train_score"] == pytest.approx(0.2) and base["test_acc"] == 0.25
+    assert best["model"] == "best single (#4)" and best["train_score"] == pytest.approx(0.5)
+    assert best["test_acc"] == pytest.approx(0.25)          # member 0's row of the hand-made answers
+    assert [r["model"] for r in s["models"][2:]] == ["top-1 vote", "top-3 vote", "control-1 vote", "control-3 vote"]
+    assert [t["idle"] for t in s["timing"]] == [1.0, 21.0]
+    assert s["imbalance"] == pytest.approx(1.5)
+    code, out, _ = run("summary", demo)
+    assert code == 0 and "imbalance (max busy / mean busy): 1.500" in out
+
+
+def test_merge_keeps_only_differing_keys(tmp_path):
+    a = make_results(tmp_path / "s0", seed=0)
+    b = make_results(tmp_path / "s1", seed=1, config={"population": {"sigmas": [0.5]}})
+    c = make_results(tmp_path / "s2", seed=2, ks=(1, 3, 4))
+    d = run_json("merge", a, b, c)
+    assert d["differing_keys"] == ["population.seed", "population.sigmas", "selection.top_k"]
+    assert [r["overrides"]["population.seed"] for r in d["runs"]] == ["0", "1", "2"]
+    assert d["runs"][2]["top"] == {"1": 0.25, "3": 0.5, "4": 0.75}
+    code, out, _ = run("merge", a, b, c)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("| path | population.seed | population.sigmas | selection.top_k | N |")
+    assert "output.dir" not in out and "top-4 test" in lines[0] and len(lines) == 5
+    newer = make_results(tmp_path / "newer", config={"runtime": {"added_later": 1}, "output": {"overwrite": True}})
+    d = run_json("merge", a, newer)
+    assert d["differing_keys"] == [] and d["keys_not_in_every_file"] == ["runtime.added_later"]
+    code, out, _ = run("merge", "--csv", a, b)
+    assert out.splitlines()[0] == ("path,population.seed,population.sigmas,N,base test,best single test,"
+                                   "top-1 test,top-3 test,control-1 test,control-3 test")
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_schema_mismatch_exits_2_with_one_line(tmp_path):
+    path = make_results(tmp_path / "v99")
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = 99
+    p = subprocess.run([sys.executable, "-m", "tools.analyze", "summary", path], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("analyze: error: ") and "version 99" in p.stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "bare-hdf5", "truncated"])
+def test_unreadable_files_exit_2_with_one_line(tmp_path, kind):
+    path = tmp_path / "x.h5"
+    if kind == "text":
+        path.write_text("not hdf5")
+    elif kind == "bare-hdf5":
+        h5py.File(path, "w").close()
+    elif kind == "truncated":
+        path = make_results(tmp_path / "t")
+        with h5py.File(path, "r+") as f:
+            del f["ensemble"]
+    for command in ("summary", "kcurve", "sigma", "density", "passk", "merge", "plot"):
+        code, out, err = run(command, path, *(["--out", tmp_path / "p"] if command == "plot" else []))
+        assert code == 2 and out == "", (command, out)
+        assert err.startswith("analyze: error: ") and err.count("\n") == 1, (command, err)
+
+
+def test_usage_errors_are_one_line():
+    code, _, err = run("frobnicate", "x")
+    assert code == 2 and err.count("\n") == 1 and "commands: density, discordance, kcurve" in err
+    code, _, err = run("density", "--margins", "a,b", "x")
+    assert code == 2 and err.count("\n") == 1 and "--margins" in err
+
+
+def test_every_command_json_is_valid(demo, tmp_path):
+    for command in ("summary", "kcurve", "sigma", "density", "passk", "merge"):
+        code, out, err = run(command, demo, demo, "--json")
+        assert code == 0, err
+        json.loads(out)
+    json.loads(run("discordance", demo, demo, "--json")[1])

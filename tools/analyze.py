@@ -1,0 +1,325 @@
+"""Offline analysis of RandOpt results files: `python -m tools.analyze COMMAND FILES... [--json]`.
+
+Needs numpy, h5py, pyyaml and click; `plot` also needs matplotlib. No MPI, no torch, no GPU: results
+files copied off a cluster can be read anywhere. Files from any rank count read the same.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import ExitStack
+
+import click
+import numpy as np
+
+from tools import reports, runfile, tables
+from tools.runfile import ResultsError
+
+PROG = "python -m tools.analyze"
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+class Group(click.Group):
+    """Every error as one line `analyze: error: ...` on stderr, exit status 2, so scripts can grep it."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name or PROG, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help(), err=True)     # a bare command asks nothing wrong: show the help
+            sys.exit(2)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx else PROG
+            at_top = e.ctx is None or e.ctx.command is self
+            hint = f" (commands: {', '.join(self.list_commands(e.ctx))})" if at_top else f" (see {where} --help)"
+            click.echo(f"analyze: error: {_one_line(e.format_message())}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"analyze: error: {_one_line(e.format_message())}", err=True)
+            sys.exit(2)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(e: Exception):
+    raise click.ClickException(_one_line(str(e)))
+
+
+def _each(paths, build, *args) -> list[dict]:
+    """build(f, path, *args) for every file; any unreadable file ends the command with one error line."""
+    out = []
+    for path in paths:
+        try:
+            with runfile.open_results(path) as f:
+                out.append(build(f, path, *args))
+        except (ResultsError, ValueError, OSError) as e:
+            _fail(e)
+    return out
+
+
+def _emit(data, as_json: bool, render) -> None:
+    if as_json:
+        click.echo(json.dumps(tables.jsonable(data), indent=1, allow_nan=False))
+    else:
+        items = data if isinstance(data, list) else [data]
+        for i, item in enumerate(items):
+            if len(items) > 1:
+                click.echo(("\n" if i else "") + f"== {item['path']} ==")
+            click.echo(render(item))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout (a list, one object per file).")
+files_arg = click.argument("files", nargs=-1, required=True, metavar="FILES...")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """Offline analysis of results.h5 files (docs/analysis.md). Errors: one line on stderr, exit 2."""
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+def _config_lines(cfg: dict) -> list[str]:
+    """One line per config section, so the few keys that define a run read at a glance."""
+    sections: dict[str, list[str]] = {}
+    section = ""
+    for k, v in cfg.items():
+        section = k.split(".")[0] if "." in k else section      # a top-level key (backend) joins the line before
+        sections.setdefault(section, []).append(f"{k}='{v}'" if " " in v else f"{k}={v}")
+    return ["  " + "  ".join(items) for items in sections.values()]
+
+
+def _render_summary(s: dict) -> str:
+    z = s["sizes"]
+    lines = [f"run {s['run']} · task {s['task']} · created {s['created']} · git {s['git_commit'][:10]}",
+             "config:", *_config_lines(s["config"]),
+             f"sizes: N={z['N']}  M(train)={z['M_train']}  T(test)={z['T_test']}  world_size={z['world_size']}  K={z['K']}",
+             "",
+             tables.text(["model", "train score", "train acc", "test acc"],
+                         [[r["model"], r["train_score"], r["train_acc"], r["test_acc"]] for r in s["models"]])]
+    if s["timing"]:
+        lines += ["", "timing per rank (seconds; idle = wall - busy, wait = time in the score allgather):",
+                  tables.text(["rank", "host", "candidates", "wall", "busy", "idle", "wait", "load"],
+                              [[t["rank"], t["host"], t["candidates"], t["wall"], t["busy"], t["idle"], t["wait"], t["load"]]
+                               for t in s["timing"]], digits=1),
+                  f"imbalance (max busy / mean busy): {tables.cell(s['imbalance'])}"]
+    return "\n".join(lines)
+
+
+@cli.command()
+@files_arg
+@json_option
+def summary(files, as_json):
+    """Config, sizes, base / best single / top-K / control accuracy, and per-rank timing."""
+    _emit(_each(files, reports.summary), as_json, _render_summary)
+
+
+# ------------------------------------------------------------------------------------------- kcurve
+
+def _render_kcurve(d: dict) -> str:
+    groups = [g for g in ("selected", "control") if g in d]
+    kmax = max(len(d[g]["k"]) for g in groups)
+    headers = ["k"] + [h for g in groups for h in (f"{g} vote acc", f"{g} coverage")]
+    rows = []
+    for i in range(kmax):
+        stored = any(i + 1 in d[g]["stored_k"] for g in groups)
+        row = [f"{i + 1}{'*' if stored else ''}"]
+        for g in groups:
+            row += [d[g]["accuracy"][i], d[g]["coverage"][i]] if i < len(d[g]["k"]) else [None, None]
+        rows.append(row)
+    lines = [d["title"], f"base test accuracy: {d['base_test_acc']:.3f}", tables.text(headers, rows),
+             "* = a K stored in the file; coverage = share of test items at least one of the first k members gets right"]
+    for g in groups:
+        ok = "yes" if d[g]["matches_stored"] else f"NO, differs at K = {d[g]['mismatched_k']}"
+        lines.append(f"{g}: re-vote equals the stored voted_correct for K = {d[g]['stored_k']}: {ok}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@files_arg
+@json_option
+def kcurve(files, as_json):
+    """Vote accuracy and coverage for every k = 1..K, selected and control, re-voted from the stored member answers.
+
+    Vote: majority voting key per item, ties to the first member in rank order, '' abstains
+    (randopt_hpc.vote). Coverage at k: share of items that at least one of the first k members gets right.
+    """
+    _emit(_each(files, reports.kcurve), as_json, _render_kcurve)
+
+
+# -------------------------------------------------------------------------------------------- sigma
+
+def _render_sigma(d: dict) -> str:
+    headers = ["sigma", "count", "mean", "std", "min", "q25", "median", "q75", "max", "> base", ">= base"]
+    rows = [[r["sigma"] if r["sigma"] == "all" else f"{r['sigma']:g}", r["count"], r["mean"], r["std"], r["q0"],
+             r["q25"], r["q50"], r["q75"], r["q100"], r["above_base"], r["at_least_base"]] for r in d["rows"]]
+    return "\n".join([d["title"], f"base train score: {d['base_train_score']:.4f}", tables.text(headers, rows, digits=4)])
+
+
+@cli.command()
+@files_arg
+@json_option
+def sigma(files, as_json):
+    """Train-score distribution per σ: count, mean, std, quantiles, share above / at least the base."""
+    _emit(_each(files, reports.sigma), as_json, _render_sigma)
+
+
+# ------------------------------------------------------------------------------------------ density
+
+def _margins(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def _render_density(d: dict) -> str:
+    rows = [[r["margin"], r["threshold"], r["count"], r["density"], r["low"], r["high"]] for r in d["rows"]]
+    return "\n".join([d["title"], f"base train score: {d['base_train_score']:.4f}; N = {d['N']}; "
+                      f"interval: {d['interval']}",
+                      tables.text(["margin m", "score >=", "count", "density", "95% low", "95% high"], rows, digits=4)])
+
+
+@cli.command()
+@files_arg
+@click.option("--margins", callback=_margins, metavar="M1,M2,...",
+              help="Margins m over the base train score (default: an even grid from the worst to the best candidate, with 0).")
+@click.option("--steps", default=11, show_default=True, help="Points of the default grid.")
+@json_option
+def density(files, margins, steps, as_json):
+    """Solution density δ(m) = share of candidates with train score ≥ base + m, with a 95% Wilson score interval.
+
+    Scores are mean train rewards (as population/train_score); base and candidates are both recomputed
+    from the stored per-example rewards so that a candidate equal to the base counts as ≥ base.
+    """
+    _emit(_each(files, reports.density, margins, steps), as_json, _render_density)
+
+
+# -------------------------------------------------------------------------------------- discordance
+
+def _render_discordance(d: dict) -> str:
+    lines = [f"spectral discordance D = {d['D']:.4f}   (M = {d['M']} columns, bound M/(M-1) = {d['bound']:.4f}, N = {d['N']})",
+             f"columns: {d['source']}"]
+    lines += [f"  [{j}] {name}" for j, name in enumerate(d["columns"])]
+    lines += ["rank correlation matrix:",
+              tables.text([""] + [f"[{j}]" for j in range(d["M"])],
+                          [[f"[{i}]", *row] for i, row in enumerate(d["correlation"].tolist())])]
+    lines.append("0 = every column ranks the candidates alike; about 1 = unrelated rankings (specialists)")
+    return "\n".join(lines)
+
+
+@cli.command()
+@files_arg
+@click.option("--splits", type=click.IntRange(min=2), default=None, metavar="M",
+              help="One file: split its train examples into M disjoint contiguous blocks, one column each.")
+@json_option
+def discordance(files, splits, as_json):
+    """Spectral discordance D = 1 − mean off-diagonal Pearson correlation of the candidates' percentile ranks.
+
+    Columns are tasks: several results files of the same population (same seeds and σ) on different
+    tasks, or one file's train set cut into --splits M blocks. D ≤ M/(M−1).
+    """
+    try:
+        with ExitStack() as stack:
+            opened = [(p, stack.enter_context(runfile.open_results(p))) for p in files]
+            data = reports.discordance(opened, splits)
+    except (ResultsError, ValueError, OSError) as e:
+        _fail(e)
+    _emit({**data, "path": ", ".join(files)}, as_json, _render_discordance)
+
+
+# -------------------------------------------------------------------------------------------- passk
+
+def _render_passk(d: dict) -> str:
+    groups = [g for g in ("samples", "selected", "control") if g in d]
+    n = max(d[g]["n"] for g in groups)
+    headers = ["k"] + [h for g in groups for h in (f"{g} pass@k", f"{g} coverage (in order)")]
+    rows = [[k] + [v for g in groups for v in ((d[g]["pass_at_k"][k - 1], d[g]["coverage_in_order"][k - 1])
+                                                if k <= d[g]["n"] else (None, None))] for k in range(1, n + 1)]
+    return "\n".join([d["title"], f"source: {d['source']} — {d['note']}", tables.text(headers, rows)])
+
+
+@cli.command()
+@files_arg
+@json_option
+def passk(files, as_json):
+    """Unbiased pass@k = 1 − C(n−c, k)/C(n, k) per test item, averaged, for k = 1..n.
+
+    With a dataset base/test_samples_correct (S×T bool, samples of the base model) it is used, n = S.
+    Otherwise n = K ensemble members per item, c = members right. Members are distinct models, not
+    i.i.d. samples: for the selected members pass@k is the coverage of a random k of the top K, shown
+    next to the coverage of the first k in rank order; the control members are i.i.d. perturbations.
+    """
+    _emit(_each(files, reports.passk), as_json, _render_passk)
+
+
+# -------------------------------------------------------------------------------------------- merge
+
+@cli.command()
+@files_arg
+@click.option("--csv", "as_csv", is_flag=True, help="CSV instead of a markdown table.")
+@json_option
+def merge(files, as_csv, as_json):
+    """One table of several runs (e.g. a sweep: runs/sweep/*/results.h5): the config keys that differ, N, accuracies.
+
+    Shown: config keys present in every file whose values differ (output.dir and output.overwrite are
+    ignored). Test accuracies: base, best single, top-K vote for each K, control-K vote.
+    """
+    data = reports.merge(_each(files, reports.merge_row))
+    if as_json:
+        keep = ("differing_keys", "keys_not_in_every_file", "runs")
+        click.echo(json.dumps(tables.jsonable({k: data[k] for k in keep}), indent=1, allow_nan=False))
+    elif as_csv:
+        click.echo(tables.csv_text(data["headers"], data["rows"]))
+    else:
+        click.echo(tables.markdown(data["headers"], data["rows"]))
+        if data["keys_not_in_every_file"]:
+            click.echo(f"\nconfig keys not in every file (files from different package versions; not compared): "
+                       f"{', '.join(data['keys_not_in_every_file'])}")
+
+
+# --------------------------------------------------------------------------------------------- plot
+
+@cli.command()
+@click.argument("file", metavar="FILE")
+@click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for the PNGs (created).")
+@click.option("--dpi", default=100, show_default=True)
+@json_option
+def plot(file, out_dir, dpi, as_json):
+    """PNGs: train-score histogram, K-curve, σ box plots, density with its interval band."""
+    try:
+        with runfile.open_results(file) as f:
+            scores, base = runfile.train_scores(f)
+            # δ only changes at candidates' margins: evaluating there (plus one point beyond each end) draws it exactly.
+            jumps = np.unique(np.round(scores - base, 12))
+            pad = max(0.05 * (jumps[-1] - jumps[0]), 1e-3)
+            grid = [jumps[0] - pad, *jumps, jumps[-1] + pad]
+            data = {"title": runfile.title(f, file), "scores": scores, "base": base,
+                    "sigmas": f["population/sigma"][()], "kcurve": reports.kcurve(f, file),
+                    "density": reports.density(f, file, grid)}
+    except (ResultsError, ValueError, OSError) as e:
+        _fail(e)
+    from tools import plots     # matplotlib only here: every other command works without it
+
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        paths = plots.write_all(data, out_dir, dpi)
+    except OSError as e:
+        _fail(e)
+    click.echo(json.dumps(paths) if as_json else "\n".join(paths))
+
+
+def main():
+    cli()
+
+
+if __name__ == "__main__":
+    main()
