@@ -109,6 +109,10 @@ AccountingStoragePort=6819"
         acct_lines="AccountingStorageType=accounting_storage/none"
     fi
     mkdir -p "$CONF_DIR"
+    # Job ids start at a random number per state folder: PyPI MPICH names its shared-memory segment
+    # after the PMI world (job id + step id), and a segment left in /dev/shm by a killed rank of an
+    # earlier job with the same id makes MPI_Init fail ("Message truncated") after a Slurm reinstall.
+    [[ -s $DIR/first_job_id ]] || echo $(( (RANDOM * 32768 + RANDOM) % 50000000 + 1000000 )) >"$DIR/first_job_id"
     # NodeAddr/SlurmctldHost address 127.0.0.1: no dependency on the hostname resolving.
     write_if_changed "$CONF" "$MARKER
 ClusterName=$CLUSTER
@@ -137,6 +141,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
 SwitchType=switch/none
+FirstJobId=$(cat "$DIR/first_job_id")
 JobRequeue=1
 KillWait=10
 MinJobAge=300

@@ -2,7 +2,8 @@
 
 Reads run.yaml and the shards (no MPI, no model), so it works on a login node while the job runs,
 after a crash, or before a requeue. Per shard (one per rank of every launch that wrote to the
-folder): candidates done, busy seconds, candidates/s, and how long ago it last wrote.
+folder): candidates done, busy seconds, candidates/s, and how long ago it last wrote. On a sweep's
+folder (launch.yaml from randopt_hpc.launch, no run.yaml) it shows one line per point.
 """
 from __future__ import annotations
 
@@ -43,6 +44,36 @@ def summarize(out_dir: str, now: float | None = None) -> dict:
             "rate": rate, "eta_s": (left / rate if rate > 0 else None) if left else 0.0, "shards": shards}
 
 
+def summarize_sweep(root: str, now: float | None = None) -> list[dict]:
+    """One summary per point of launch.yaml, or {'dir', 'job_id', 'started': False} for a point whose
+    job has not written its folder yet."""
+    import yaml
+
+    with open(os.path.join(root, "launch.yaml"), encoding="utf-8") as f:
+        points = yaml.safe_load(f)
+    out = []
+    for p in points:
+        started = os.path.exists(os.path.join(p["output_dir"], results.RUN_YAML))
+        s = summarize(p["output_dir"], now) if started else {"dir": p["output_dir"]}
+        out.append({**s, "job_id": p["job_id"], "overrides": p["overrides"], "started": started})
+    return out
+
+
+def render_sweep(points: list[dict]) -> str:
+    lines = [f"{'job':>12}  {'done':>11}  {'state':<13} {'cand/s':>7} {'ETA s':>7}  point"]
+    for p in points:
+        if not p["started"]:
+            lines.append(f"{p['job_id']:>12}  {'-':>11}  {'not started':<13} {'':>7} {'':>7}  {p['dir']}")
+            continue
+        state = "finished" if p["finished"] else ("voting" if not p["left"] else "running/stopped")
+        eta = "?" if p["eta_s"] is None else f"{p['eta_s']:.0f}"
+        lines.append(f"{p['job_id']:>12}  {p['done']:>5}/{p['population']:<5}  {state:<13} {p['rate']:>7.2f} "
+                     f"{eta:>7}  {p['dir']}")
+    done = sum(p["started"] and p["finished"] for p in points)
+    lines.append(f"{done}/{len(points)} points finished")
+    return "\n".join(lines)
+
+
 def render(s: dict) -> str:
     state = "finished (results.h5 written)" if s["finished"] else ("all candidates done, vote pending"
                                                                     if not s["left"] else "not finished")
@@ -60,12 +91,14 @@ def render(s: dict) -> str:
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
 def main(out_dir: str, as_json: bool) -> None:
+    sweep = not os.path.exists(os.path.join(out_dir, results.RUN_YAML)) and \
+        os.path.exists(os.path.join(out_dir, "launch.yaml"))
     try:
-        s = summarize(out_dir)
+        s = summarize_sweep(out_dir) if sweep else summarize(out_dir)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as e:
         click.echo(f"randopt_hpc.status: error: {e}", err=True)
         sys.exit(2)
-    click.echo(json.dumps(s) if as_json else render(s))
+    click.echo(json.dumps(s) if as_json else (render_sweep(s) if sweep else render(s)))
 
 
 if __name__ == "__main__":

@@ -52,15 +52,20 @@ def candidate_indices(out) -> list[int]:
     return sorted(r["index"] for r in results.read_shards(str(out)) if r["type"] == "candidate")
 
 
+def sbatch(tmp, cfg, out, *flags):
+    """jobs/gh200.sbatch with the local site's shape: 2 ranks, no GPUs."""
+    env = {**os.environ, "SITE": "local", "PYTHON": sys.executable, "RANDOPT_REPO": str(ROOT)}
+    env.pop("RANDOPT_FAULT", None)
+    return subprocess.run(["sbatch", *flags, "--parsable", "--partition=debug", "--ntasks-per-node=2",
+                           "--cpus-per-task=1", "--gpus-per-task=0", "--overcommit", f"--output={tmp}/sbatch-%j.out",
+                           "jobs/gh200.sbatch", str(cfg), f"output.dir={out}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
 def test_sbatch_two_ranks_equals_mpiexec(slurm, reference):
     tmp, cfg, ref = reference
     out = tmp / "sbatch"
-    env = {**os.environ, "SITE": "local", "PYTHON": sys.executable, "RANDOPT_REPO": str(ROOT)}
-    env.pop("RANDOPT_FAULT", None)
-    p = subprocess.run(["sbatch", "--wait", "--parsable", "--partition=debug", "--ntasks-per-node=2",
-                        "--cpus-per-task=1", "--gpus-per-task=0", "--overcommit", f"--output={tmp}/sbatch-%j.out",
-                        "jobs/gh200.sbatch", str(cfg), f"output.dir={out}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    p = sbatch(tmp, cfg, out, "--wait")
     job = p.stdout.strip().split(";")[0]
     log = (tmp / f"sbatch-{job}.out").read_text() if job else ""
     assert p.returncode == 0, (p.stderr, log[-3000:])
@@ -89,6 +94,9 @@ def test_submitit_array_of_three_sweep_points(slurm, reference):
             assert f.attrs["world_size"] == 2 and f["population/index"].shape == (16,)
             seeds.append(f["population/seed"][0])
     assert len(set(seeds)) == 3, "each point ran its own population"
+    st = subprocess.run([sys.executable, "-m", "randopt_hpc.status", str(root)], capture_output=True, text=True,
+                        timeout=60)
+    assert st.returncode == 0 and "3/3 points finished" in st.stdout and st.stdout.count("16/16") == 3, st.stdout
 
 
 def test_warning_signal_requeues_and_the_result_equals_uninterrupted(slurm, reference):
@@ -122,3 +130,31 @@ def test_warning_signal_requeues_and_the_result_equals_uninterrupted(slurm, refe
 
 def _job_id(out) -> str:
     return yaml.safe_load((out / "launch.yaml").read_text())[0]["job_id"]
+
+
+def test_scontrol_requeue_of_the_batch_script_resumes_and_equals_uninterrupted(slurm, reference):
+    """Slurm's own requeue (as an admin or a preempting job would): SIGTERM to every task, each rank
+    stops at a candidate boundary and exits 75, Slurm starts the job again, and it resumes."""
+    tmp, cfg, ref = reference
+    out = tmp / "scontrol"
+    job = sbatch(tmp, cfg, out).stdout.strip().split(";")[0]
+    assert job.isdigit()
+    deadline = time.time() + 600
+    while time.time() < deadline and not (out.exists() and count_done(str(out)) >= 3):
+        assert _state(job) in ("PENDING", "CONFIGURING", "RUNNING"), (tmp / f"sbatch-{job}.out").read_text()[-3000:]
+        time.sleep(0.05)
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+    while time.time() < deadline and _state(job) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        time.sleep(1)
+    log = (tmp / f"sbatch-{job}.out").read_text()
+    assert _state(job) == "COMPLETED", log[-3000:]
+    assert f"randopt: job {job} restart 0" in log and f"randopt: job {job} restart 1" in log
+    assert log.count("SIGTERM received; stopped before candidate") == 2 and "Exited with exit code 75" in log
+    assert_same_results(str(ref), str(out / "results.h5"))
+    assert candidate_indices(out) == list(range(16))
+
+
+def _state(job: str) -> str:
+    p = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60)
+    found = re.search(r"JobState=(\w+)", p.stdout)
+    return found.group(1) if found else "UNKNOWN"

@@ -38,3 +38,22 @@ def test_cli_exit_codes(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "randopt_hpc.status", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "run.yaml" in bad.stderr
+
+
+def test_sweep_folder_shows_each_point(tmp_path):
+    """A launcher's sweep root: launch.yaml lists the points; one has started, one has not."""
+    import yaml
+
+    a, b = tmp_path / "000-seed-1", tmp_path / "001-seed-2"
+    a.mkdir()
+    _folder(a)
+    (tmp_path / "launch.yaml").write_text(yaml.safe_dump([
+        {"job_id": "12_0", "overrides": ["population.seed=1"], "output_dir": str(a), "config": "x"},
+        {"job_id": "12_1", "overrides": ["population.seed=2"], "output_dir": str(b), "config": "y"}]))
+    points = status.summarize_sweep(str(tmp_path), now=0.0)
+    assert [(p["job_id"], p["started"]) for p in points] == [("12_0", True), ("12_1", False)]
+    assert (points[0]["done"], points[0]["population"]) == (4, 10)
+    p = subprocess.run([sys.executable, "-m", "randopt_hpc.status", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "4/10" in p.stdout and "not started" in p.stdout and "0/2 points finished" in p.stdout
