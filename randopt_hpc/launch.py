@@ -93,21 +93,20 @@ def _site_overrides(site: Site) -> tuple[str, ...]:
 
 def resolve_points(config: str, overrides: tuple[str, ...], sweep: tuple[str, ...], site: Site,
                    check_paths: bool):
-    """Every job's full config, validated before anything is submitted; paths made absolute because the
-    job may start in another folder, and overwrite handled here (a requeued job must never clear).
-    Precedence: CONFIG < the site's stage_dir < OVERRIDES < --sweep."""
+    """Every job's full config, validated before anything is submitted, and overwrite handled here (a
+    requeued job must never clear). Relative paths stay as written: jobs start in the submission
+    folder (sbatch's default), and model.path is part of the results' fingerprint, so making it absolute
+    would refuse to resume a run started with mpiexec. Precedence: CONFIG < the site's stage_dir <
+    OVERRIDES < --sweep."""
     overrides = _site_overrides(site) + tuple(overrides)
     base = load_config(config, list(overrides), check_paths=check_paths)
     root = os.path.abspath(base.output.dir)
     points = parse_sweep(sweep) if sweep else [[]]
-    absolute = [f"model.path={json.dumps(os.path.abspath(base.model.path))}"]
-    if base.task.data:
-        absolute.append(f"task.data={json.dumps(os.path.abspath(base.task.data))}")
     out = []
     for i, extra in enumerate(points):
         where = point_dir(root, i, extra) if sweep else root
-        cfg = load_config(config, [*overrides, *extra, *absolute, f"output.dir={json.dumps(where)}",
-                                   "output.overwrite=false"], check_paths=check_paths)
+        cfg = load_config(config, [*overrides, *extra, f"output.dir={json.dumps(where)}", "output.overwrite=false"],
+                          check_paths=check_paths)
         out.append((extra, cfg))
     return base, root, out
 
@@ -130,7 +129,7 @@ class RunJob:
         return self.config_path
 
 
-def make_executor(folder: str, site: Site, opts: dict, python: str | None, n_points: int):
+def make_executor(folder: str, site: Site, opts: dict, python: str | None):
     import submitit
 
     setup = []
@@ -145,7 +144,8 @@ def make_executor(folder: str, site: Site, opts: dict, python: str | None, n_poi
         extra["overcommit"] = True
     if opts["account"]:
         extra["account"] = opts["account"]
-    ex = submitit.SlurmExecutor(folder=folder, python=python, max_num_timeout=opts["max_requeues"])
+    # submitit's own requeue-on-signal is not used (see randopt_hpc.requeue), so max_num_timeout is moot.
+    ex = submitit.SlurmExecutor(folder=folder, python=python)
     # After srun: exit 75 (every rank stopped at a candidate boundary) requeues the job.
     teardown = [f"{ex.python} -m randopt_hpc.requeue $?"]
     params = dict(job_name=opts["job_name"], time=opts["time"], nodes=opts["nodes"],
@@ -217,7 +217,7 @@ def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
     except ConfigError as e:
         raise SystemExit(_fail(str(e)))
     folder = os.path.abspath(folder or os.path.join(root, "slurm"))
-    ex = make_executor(os.path.join(folder, "%j"), site_, opts, python, len(points))
+    ex = make_executor(os.path.join(folder, "%j"), site_, opts, python)
     ranks = opts["nodes"] * opts["tasks_per_node"]
     where = [os.path.join(cfg.output.dir, "results.h5") for _, cfg in points]
     if dry_run:
@@ -230,22 +230,35 @@ def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
             click.echo(f"randopt_hpc.launch: note: model.path {base.model.path} is not on this machine", err=True)
         click.echo(sbatch_text(ex, len(points)), nl=False)
         return
-    if base.output.overwrite:
-        from randopt_hpc.results import clear_run
+    from randopt_hpc.results import clear_run
+    from randopt_hpc.run import check_output_dir
 
-        for _, cfg in points:
-            clear_run(cfg.output.dir)
-    jobs = submit(ex, folder, root, points)
-    for job, (extra, _), path in zip(jobs, points, where):
-        click.echo(f"submitted job {job.job_id}: {' '.join(extra) or config} -> {path}")
+    try:
+        if base.output.overwrite:
+            for _, cfg in points:
+                clear_run(cfg.output.dir)
+        # A folder holding another config's run fails here, not hours later in the queue; finished
+        # points (a sweep submitted again after some of it failed) are not submitted again.
+        todo = [i for i, (_, cfg) in enumerate(points) if check_output_dir(cfg) != "finished"]
+    except ConfigError as e:
+        raise SystemExit(_fail(str(e)))
+    for i in sorted(set(range(len(points))) - set(todo)):
+        click.echo(f"already finished, not submitted: {where[i]}")
+    if not todo:
+        return
+    jobs = submit(ex, folder, root, points, todo)
+    for i, job in zip(todo, jobs):
+        click.echo(f"submitted job {job.job_id}: {' '.join(points[i][0]) or config} -> {where[i]}")
+    where = [where[i] for i in todo]
     click.echo(f"logs: {folder}/<job id>/   progress: python -m randopt_hpc.status <output folder>")
     if wait:
         raise SystemExit(wait_all(jobs, where))
 
 
-def submit(ex, folder: str, root: str, points) -> list:
+def submit(ex, folder: str, root: str, points, todo: list[int]) -> list:
     """Write each point's resolved config (what the job will run, whatever happens to CONFIG later),
-    submit them, and record job ids and folders in ROOT/launch.yaml for the analysis tools."""
+    submit points[todo], and record every point's job id ('finished' when not submitted) and folder
+    in ROOT/launch.yaml for the status command and the analysis tools."""
     os.makedirs(os.path.join(folder, "configs"), exist_ok=True)
     paths = []
     for i, (_, cfg) in enumerate(points):
@@ -253,10 +266,11 @@ def submit(ex, folder: str, root: str, points) -> list:
         with open(paths[-1], "w", encoding="utf-8") as f:
             f.write(to_yaml(cfg))
     with ex.batch():
-        jobs = [ex.submit(RunJob(p)) for p in paths]
+        jobs = [ex.submit(RunJob(paths[i])) for i in todo]
+    ids = dict(zip(todo, (j.job_id for j in jobs)))
     os.makedirs(root, exist_ok=True)
-    record = [{"job_id": j.job_id, "overrides": extra, "output_dir": cfg.output.dir, "config": p}
-              for j, (extra, cfg), p in zip(jobs, points, paths)]
+    record = [{"job_id": ids.get(i, "finished"), "overrides": extra, "output_dir": cfg.output.dir, "config": p}
+              for i, ((extra, cfg), p) in enumerate(zip(points, paths))]
     with open(os.path.join(root, "launch.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(record, f, sort_keys=False)
     return jobs

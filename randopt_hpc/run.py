@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg, comm, env, log, train, test, stop)
     except Preempted as e:
         log.warning("%s; shard flushed. Rerun the same command (or requeue) to resume.", e)
-        # Launchers signal every rank: give the others stop_grace_s to finish their candidate too, so
-        # that no evaluation is thrown away. A rank that never stops (blocked in a collective that a
-        # stopped rank will not enter) is ended by the abort instead of hanging the job.
-        # Every rank then exits 75 normally, which srun passes on (an MPI abort would turn it into 137)
-        # and after which the batch script may requeue (randopt_hpc.requeue).
+        # Launchers signal every rank: wait up to stop_grace_s for the others to finish their candidate
+        # too, so that no evaluation is thrown away, then every rank exits 75 normally (srun passes 75
+        # on; an MPI abort would turn it into 137) and the batch script may requeue (randopt_hpc.requeue).
+        # A rank that never stops (blocked in a collective that a stopped rank will not enter) is ended
+        # by the abort instead of hanging the job.
         if not comm.wait_all(cfg.runtime.stop_grace_s):
             comm.abort(EXIT_PREEMPTED)
         return EXIT_PREEMPTED

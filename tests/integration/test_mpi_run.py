@@ -118,6 +118,18 @@ def test_sigterm_stops_every_rank_at_a_boundary_and_a_rerun_resumes(runs, tiny_m
     _rerun_equals_uninterrupted(cfg, out, runs)
 
 
+def test_staged_model_gives_the_same_results(runs, tiny_model, tmp_path):
+    """runtime.stage_dir: one copy per node (here: local rank 0 of mpiexec), read by every rank."""
+    out = tmp_path / "staged"
+    cfg = write_config(tmp_path / "staged.yaml", tiny_model, out)
+    p = launch(cfg, 2, f"runtime.stage_dir={tmp_path}/node-local")
+    assert p.returncode == 0, p.stderr[-3000:]
+    copies = list((tmp_path / "node-local" / "randopt_hpc-models").iterdir())
+    assert len(copies) == 1 and (copies[0] / ".randopt_staged").exists()
+    assert p.stderr.count(f"model staged at {copies[0]}") == 2
+    assert_same_results(str(runs["np2"][0]), str(out / "results.h5"))
+
+
 def _status(out) -> dict:
     import subprocess
     import sys

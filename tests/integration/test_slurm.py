@@ -97,6 +97,10 @@ def test_submitit_array_of_three_sweep_points(slurm, reference):
     st = subprocess.run([sys.executable, "-m", "randopt_hpc.status", str(root)], capture_output=True, text=True,
                         timeout=60)
     assert st.returncode == 0 and "3/3 points finished" in st.stdout and st.stdout.count("16/16") == 3, st.stdout
+    # The same sweep again (say, after some points failed): finished points are not submitted twice.
+    again = run_launcher(str(cfg), f"output.dir={root}", *LOCAL, "--sweep", "population.seed=[1,2,3]")
+    assert again.returncode == 0 and again.stdout.count("already finished, not submitted") == 3, again.stdout
+    assert "submitted job" not in again.stdout
 
 
 def test_warning_signal_requeues_and_the_result_equals_uninterrupted(slurm, reference):

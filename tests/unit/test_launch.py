@@ -98,7 +98,20 @@ def test_a_real_submission_needs_the_model_here(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_resolved_points_have_absolute_paths_and_never_overwrite(tmp_path, monkeypatch):
+def test_a_folder_holding_another_run_is_refused_before_submitting(tmp_path):
+    from randopt_hpc.config import load_config, to_yaml
+
+    out = tmp_path / "out"
+    out.mkdir()
+    other = load_config(str(ROOT / "configs" / "demo.yaml"), ["population.seed=5", f"output.dir={out}"])
+    (out / "run.yaml").write_text(to_yaml(other))
+    p = run_launch("configs/demo.yaml", f"output.dir={out}", "--site", "local")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "holds a run with another config (population.seed: 5 there, 0 here)" in p.stderr
+    assert sorted(x.name for x in out.iterdir()) == ["run.yaml"]          # nothing written, nothing submitted
+
+
+def test_resolved_points_have_their_own_folders_and_never_overwrite(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     site = launch.Site.load("mpich")
     base, root, pts = launch.resolve_points("configs/demo.yaml", ("output.dir=runs/x", "output.overwrite=true"),
@@ -107,7 +120,7 @@ def test_resolved_points_have_absolute_paths_and_never_overwrite(tmp_path, monke
     for i, (extra, cfg) in enumerate(pts):
         assert extra == [f"population.seed={4 + i}"] and cfg.population.seed == 4 + i
         assert cfg.output.dir == f"{root}/{i:03d}-seed-{4 + i}" and not cfg.output.overwrite
-        assert os.path.isabs(cfg.model.path) and cfg.runtime.stage_dir == "$TMPDIR"
+        assert cfg.model.path == "models/demo" and cfg.runtime.stage_dir == "$TMPDIR"   # as in the config
     with pytest.raises(ConfigError, match="--sweep"):
         launch.resolve_points("configs/demo.yaml", (), ("population.seed",), site, check_paths=True)
 
