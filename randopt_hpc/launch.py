@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 import yaml
 
+from randopt_hpc import cli as cli_errors
 from randopt_hpc.comm import EXIT_PREEMPTED
 from randopt_hpc.config import ConfigError, load_config, to_yaml
 
@@ -172,20 +173,8 @@ def sbatch_text(ex, n_points: int) -> str:
     return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params)
 
 
-class _ListingCommand(click.Command):
-    """An unknown option's error lists the valid ones (click alone only guesses one)."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.NoSuchOption as e:
-            valid = sorted(o for p in self.params for o in p.opts if o.startswith("--"))
-            e.message = f"{e.message.rstrip('.')}; valid options: {', '.join(valid)}"
-            e.possibilities = None   # the full list above replaces click's guesses
-            raise
-
-
-@click.command(cls=_ListingCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=cli_errors.Command, error_name="randopt_hpc.launch",
+               context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--sweep", multiple=True, metavar="KEY=[v1,v2]", help="Sweep KEY over a YAML list (repeat: product).")
@@ -289,20 +278,14 @@ def wait_all(jobs, where) -> int:
 
 
 def _fail(message: str) -> int:
-    click.echo(f"randopt_hpc.launch: error: {message}", err=True)
-    return 2
+    return cli_errors.fail("randopt_hpc.launch", message)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        code = cli.main(args=argv, prog_name="python -m randopt_hpc.launch", standalone_mode=False)
-    except click.UsageError as e:   # one line, as for config errors (click would add a usage block)
-        return _fail(e.format_message().replace("\n", " "))
-    except click.Abort:
-        return 130
-    except SystemExit as e:
+        return cli.main(args=argv, prog_name="python -m randopt_hpc.launch", standalone_mode=False)
+    except SystemExit as e:   # the command's own errors and --wait's status
         return int(e.code or 0)
-    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 import click
 
 from randopt_hpc import results
+from randopt_hpc.cli import Command, fail
 
 
 def summarize(out_dir: str, now: float | None = None) -> dict:
@@ -87,7 +88,7 @@ def render(s: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(help=__doc__.splitlines()[0])
+@click.command(cls=Command, error_name="randopt_hpc.status", help=__doc__.splitlines()[0])
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
 def main(out_dir: str, as_json: bool) -> None:
@@ -96,10 +97,9 @@ def main(out_dir: str, as_json: bool) -> None:
     try:
         s = summarize_sweep(out_dir) if sweep else summarize(out_dir)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as e:
-        click.echo(f"randopt_hpc.status: error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(fail("randopt_hpc.status", str(e)))
     click.echo(json.dumps(s) if as_json else (render_sweep(s) if sweep else render(s)))
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="python -m randopt_hpc.status")

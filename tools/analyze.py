@@ -7,48 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from contextlib import ExitStack
 
 import click
 import numpy as np
 
+from randopt_hpc.cli import Group
 from tools import reports, runfile, tables
 from tools.runfile import ResultsError
 
 PROG = "python -m tools.analyze"
 
 
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
-
-
-class Group(click.Group):
-    """Every error as one line `analyze: error: ...` on stderr, exit status 2, so scripts can grep it."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            rv = super().main(args, prog_name or PROG, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as e:
-            click.echo(e.ctx.get_help(), err=True)     # a bare command asks nothing wrong: show the help
-            sys.exit(2)
-        except click.UsageError as e:
-            where = e.ctx.command_path if e.ctx else PROG
-            at_top = e.ctx is None or e.ctx.command is self
-            hint = f" (commands: {', '.join(self.list_commands(e.ctx))})" if at_top else f" (see {where} --help)"
-            click.echo(f"analyze: error: {_one_line(e.format_message())}{hint}", err=True)
-            sys.exit(2)
-        except click.ClickException as e:
-            click.echo(f"analyze: error: {_one_line(e.format_message())}", err=True)
-            sys.exit(2)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
 def _fail(e: Exception):
-    raise click.ClickException(_one_line(str(e)))
+    raise click.ClickException(str(e))
 
 
 def _each(paths, build, *args) -> list[dict]:
@@ -78,7 +50,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 files_arg = click.argument("files", nargs=-1, required=True, metavar="FILES...")
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, error_name="analyze", context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """Offline analysis of results.h5 files (docs/analysis.md). Errors: one line on stderr, exit 2."""
 
@@ -317,8 +289,9 @@ def plot(file, out_dir, dpi, as_json):
     click.echo(json.dumps(paths) if as_json else "\n".join(paths))
 
 
-def main():
-    cli()
+def main() -> None:
+    # Every error one line `analyze: error: ...`, exit 2, so scripts can grep it (randopt_hpc.cli.Group).
+    cli(prog_name=PROG)
 
 
 if __name__ == "__main__":
