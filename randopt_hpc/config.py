@@ -41,22 +41,19 @@ class TaskConfig:
     train_size: int = 200
     test_size: int = 2000
     seed: int = 0                # seed of the synthetic problems
-    template: str | None = None  # countdown_qa only: the prompt, with {numbers} and {target}; null = as trained
+    template: str | None = None  # tasks that take one (countdown_qa): the prompt's wording; null = the task's own
 
     def validate(self, paths: bool = True) -> None:
         from randopt_hpc.tasks import TASKS
 
         _choice("task.name", self.name, tuple(sorted(TASKS)))
         if self.template is not None:
-            _require(self.name == "countdown_qa", "task.template", f"only task countdown_qa takes a prompt "
-                     f"template, not {self.name}")
+            task = TASKS[self.name]
+            _require(task.takes_template, "task.template", f"task {self.name} takes no prompt template")
             try:
-                shown = self.template.format(numbers="\0N", target="\0T")
-                ok = "\0N" in shown and "\0T" in shown
-            except (KeyError, IndexError, ValueError):
-                ok = False
-            _require(ok, "task.template", f"must hold {{numbers}} and {{target}} and no other fields, got "
-                     f"{self.template!r}")
+                task.check_template(self.template)
+            except ValueError as e:
+                raise ConfigError(f"task.template: {e}") from None
         if self.data is not None and paths:
             _require(os.path.isfile(self.data), "task.data", f"no such file: {self.data}")
         _require(self.train_size >= 1, "task.train_size", f"must be >= 1, got {self.train_size}")
@@ -78,7 +75,8 @@ class PopulationConfig:
         _require(0 <= self.seed < 2**63, "population.seed", f"must be in [0, 2**63), got {self.seed}")
         _require(len(self.sigmas) >= 1, "population.sigmas", "must list at least one sigma")
         for s in self.sigmas:
-            _require(s > 0 and s == s and s != float("inf"), "population.sigmas", f"each sigma must be > 0 and finite, got {s}")
+            _require(s > 0 and s == s and s != float("inf"), "population.sigmas",
+                     f"each sigma must be > 0 and finite, got {s}")
         _choice("population.sigma_assignment", self.sigma_assignment, ("random", "blocked"))
         for key in ("include", "exclude"):
             for pattern in getattr(self, key):
@@ -173,11 +171,13 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
-    def validate(self, paths: bool = True) -> "Config":
+    def validate(self, paths: bool = True) -> Config:
         """paths=False skips the checks that model.path and task.data exist on this machine (a launcher
         preparing a job for a cluster whose file systems it cannot see)."""
         self.model.validate(paths)
-        _choice("backend", self.backend, ("hf", "vllm"))
+        from randopt_hpc.backends import BACKENDS
+
+        _choice("backend", self.backend, tuple(BACKENDS))
         self.task.validate(paths)
         self.population.validate()
         self.selection.validate(self.population.size)
@@ -276,20 +276,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise ConfigError(f"{key or '(empty)'}: not a dotted config key")
-    # YAML 1.1 reads `1e-3` as a string; numbers in scientific notation are what users type for sigma.
-    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", raw.strip()):
-        value: Any = float(raw)
-    else:
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{key}: cannot parse value {raw!r}: {str(e).splitlines()[0]}") from None
-        value = _floats_in(value)
-    return key.split("."), value
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {str(e).splitlines()[0]}") from None
+    return key.split("."), _floats_in(value)
+
+
+# YAML 1.1 reads `1e-3` as a string; numbers in scientific notation are what users type for sigma.
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _floats_in(value: Any) -> Any:
-    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
         return float(value)
     if isinstance(value, list):
         return [_floats_in(v) for v in value]

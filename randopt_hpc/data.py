@@ -28,14 +28,13 @@ def read_records(path: str) -> list[dict]:
 def load_examples(cfg) -> tuple[list, list]:
     """(train, test) examples for a validated config; bad data is a ConfigError naming task.*"""
     from randopt_hpc.tasks import get_task
+    from randopt_hpc.tasks.base import split_first_last
 
-    task = get_task(cfg.task.name)
+    task = get_task(cfg.task.name, template=cfg.task.template)
     n = cfg.task.train_size + cfg.task.test_size
     records = read_records(cfg.task.data) if cfg.task.data else task.synthetic_records(n, cfg.task.seed)
     try:
-        examples = (task.examples_from_records(records) if cfg.task.template is None
-                    else task.examples_from_records(records, template=cfg.task.template))
-        train, test = task.split(examples, cfg.task.train_size, cfg.task.test_size)
+        train, test = split_first_last(task.examples_from_records(records), cfg.task.train_size, cfg.task.test_size)
     except ValueError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(msg if msg.startswith("task.") else f"task.data: {msg}") from None

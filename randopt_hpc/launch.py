@@ -3,8 +3,8 @@
 One run is one Slurm job; a sweep (the product of every --sweep list) is one submitit job array with a
 task per point. Each job is an MPI job: srun starts nodes x tasks_per_node ranks, and every rank runs
 randopt_hpc.run in-process through submitit. The defaults are GH200 nodes: 4 GPUs, 72 Grace cores
-per GPU, one rank per GPU. Site profiles (jobs/sites/*.env, shared with jobs/gh200.sbatch) say how
-srun wires MPI, which modules to load and where to stage the model.
+per GPU, one rank per GPU. Site profiles (randopt_hpc/sites/*.env, package data, also sourced by
+jobs/gh200.sbatch) say how srun wires MPI, which modules to load and where to stage the model.
 """
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 
 import click
 import yaml
@@ -23,14 +26,23 @@ import yaml
 from randopt_hpc import cli as cli_errors
 from randopt_hpc.comm import EXIT_PREEMPTED
 from randopt_hpc.config import ConfigError, load_config, to_yaml
+from randopt_hpc.runfolder import FINISHED, LAUNCH_YAML, RunFolder
 
-SITES_DIR = Path(__file__).resolve().parents[1] / "jobs" / "sites"
 SITE_KEYS = ("SRUN_MPI", "MODULES", "SETUP", "STAGE_DIR", "PARTITION", "OVERCOMMIT")
+
+
+def _sites():
+    # Read through importlib.resources, not a path beside the source: the package may be a wheel install.
+    return resources.files("randopt_hpc") / "sites"
+
+
+def site_names() -> list[str]:
+    return sorted(p.name[:-len(".env")] for p in _sites().iterdir() if p.name.endswith(".env"))
 
 
 @dataclass(frozen=True)
 class Site:
-    """A cluster's way of running MPI under Slurm, read from jobs/sites/NAME.env (bash-sourceable)."""
+    """A cluster's way of running MPI under Slurm, read from randopt_hpc/sites/NAME.env (bash-sourceable)."""
     name: str
     srun_mpi: str = ""        # srun --mpi plugin: pmix (Open MPI), pmi2 (MPICH), "" (Cray MPICH: Slurm's default)
     modules: str = ""         # `module load` these first
@@ -40,24 +52,31 @@ class Site:
     overcommit: bool = False  # more ranks than cores (tests on small machines)
 
     @staticmethod
-    def load(name: str) -> "Site":
-        path = SITES_DIR / f"{name}.env"
+    def load(name: str) -> Site:
+        where = f"randopt_hpc/sites/{name}.env"
         values: dict = {}
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate((_sites() / f"{name}.env").read_text(encoding="utf-8").splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             key, sep, raw = line.partition("=")
             if not sep or key not in SITE_KEYS:
-                raise ConfigError(f"{path}:{n}: expected KEY=value with KEY one of {', '.join(SITE_KEYS)}")
+                raise ConfigError(f"{where}:{n}: expected KEY=value with KEY one of {', '.join(SITE_KEYS)}")
             words = shlex.split(raw, comments=True)
             values[key.lower()] = " ".join(words)
         values["overcommit"] = values.get("overcommit", "0") not in ("", "0", "false", "no")
         return Site(name=name, **values)
 
 
-def site_names() -> list[str]:
-    return sorted(p.stem for p in SITES_DIR.glob("*.env"))
+def _site_option(ctx, param, name: str) -> Site:
+    """--site, checked when the command runs (the profiles are files: nothing is read at import)."""
+    names = site_names()
+    if name not in names:
+        raise click.BadParameter(f"no site {name!r}; valid sites: {', '.join(names)}")
+    try:
+        return Site.load(name)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def parse_sweep(items: tuple[str, ...]) -> list[list[str]]:
@@ -130,9 +149,8 @@ class RunJob:
         return self.config_path
 
 
-def make_executor(folder: str, site: Site, opts: dict, python: str | None):
-    import submitit
-
+def executor_parameters(site: Site, opts: dict, python: str) -> dict:
+    """submitit's SlurmExecutor.update_parameters for these jobs; PYTHON is the compute nodes' interpreter."""
     setup = []
     if site.modules:
         setup.append(f"module load {site.modules}")
@@ -145,10 +163,9 @@ def make_executor(folder: str, site: Site, opts: dict, python: str | None):
         extra["overcommit"] = True
     if opts["account"]:
         extra["account"] = opts["account"]
-    # submitit's own requeue-on-signal is not used (see randopt_hpc.requeue), so max_num_timeout is moot.
-    ex = submitit.SlurmExecutor(folder=folder, python=python)
-    # After srun: exit 75 (every rank stopped at a candidate boundary) requeues the job.
-    teardown = [f"{ex.python} -m randopt_hpc.requeue $?"]
+    # After srun: exit 75 (every rank stopped at a candidate boundary) requeues the job. submitit's own
+    # requeue-on-signal is not used (see randopt_hpc.requeue), so its max_num_timeout is moot.
+    teardown = [f"{python} -m randopt_hpc.requeue $?"]
     params = dict(job_name=opts["job_name"], time=opts["time"], nodes=opts["nodes"],
                   ntasks_per_node=opts["tasks_per_node"], cpus_per_task=opts["cpus_per_task"],
                   signal_delay_s=opts["signal_delay"], setup=setup, teardown=teardown, srun_args=srun_args,
@@ -159,18 +176,7 @@ def make_executor(folder: str, site: Site, opts: dict, python: str | None):
         params["partition"] = opts["partition"] or site.partition
     if opts["qos"]:
         params["qos"] = opts["qos"]
-    ex.update_parameters(**params)
-    return ex
-
-
-def sbatch_text(ex, n_points: int) -> str:
-    """The batch script submitit writes for these jobs (an array when there is more than one point)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    params = dict(ex.parameters)
-    if n_points > 1:
-        params["map_count"] = n_points
-    return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params)
+    return params
 
 
 @click.command(cls=cli_errors.Command, error_name="randopt_hpc.launch",
@@ -178,8 +184,8 @@ def sbatch_text(ex, n_points: int) -> str:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--sweep", multiple=True, metavar="KEY=[v1,v2]", help="Sweep KEY over a YAML list (repeat: product).")
-@click.option("--site", default="cray-mpich", show_default=True, type=click.Choice(site_names()),
-              help="MPI wiring and staging profile (jobs/sites/NAME.env).")
+@click.option("--site", default="cray-mpich", show_default=True, callback=_site_option,
+              help="MPI wiring and staging profile (randopt_hpc/sites/NAME.env).")
 @click.option("--nodes", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--tasks-per-node", default=4, show_default=True, type=click.IntRange(1), help="MPI ranks per node.")
 @click.option("--gpus-per-task", default=1, show_default=True, type=click.IntRange(0))
@@ -196,52 +202,64 @@ def sbatch_text(ex, n_points: int) -> str:
 @click.option("--array-parallelism", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--folder", default="", help="submitit folder for scripts, pickles and logs [OUTPUT.DIR/slurm].")
 @click.option("--python", "python", default=None, help="Interpreter on the compute nodes [this one].")
-@click.option("--dry-run", is_flag=True, help="Print the batch script and the jobs; submit nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the batch script and the jobs; submit nothing (no Slurm needed).")
 @click.option("--wait", is_flag=True, help="Wait for every job and exit non-zero if any failed.")
 def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
     """Submit CONFIG (with key=value OVERRIDES) as one Slurm job, or a sweep as a job array."""
     try:
-        site_ = Site.load(site)
-        base, root, points = resolve_points(config, overrides, sweep, site_, check_paths=not dry_run)
+        base, root, points = resolve_points(config, overrides, sweep, site, check_paths=not dry_run)
     except ConfigError as e:
-        raise SystemExit(_fail(str(e)))
+        raise SystemExit(_fail(str(e))) from None
     folder = os.path.abspath(folder or os.path.join(root, "slurm"))
-    ex = make_executor(os.path.join(folder, "%j"), site_, opts, python)
+    python = python or shlex.quote(sys.executable)
+    params = executor_parameters(site, opts, python)
     ranks = opts["nodes"] * opts["tasks_per_node"]
     where = [os.path.join(cfg.output.dir, "results.h5") for _, cfg in points]
     if dry_run:
         kind = f"a job array of {len(points)} tasks" if len(points) > 1 else "one job"
-        click.echo(f"# randopt_hpc.launch --dry-run: {kind}, {ranks} MPI ranks each, site {site_.name}")
-        click.echo(f"# config: {config} {' '.join(_site_overrides(site_) + overrides)}".rstrip())
+        click.echo(f"# randopt_hpc.launch --dry-run: {kind}, {ranks} MPI ranks each, site {site.name}")
+        click.echo(f"# config: {config} {' '.join(_site_overrides(site) + overrides)}".rstrip())
         for i, ((extra, _), path) in enumerate(zip(points, where)):
             click.echo(f"# task {i}: {' '.join(extra) or '(the config as given)'} -> {path}")
         if not os.path.isdir(base.model.path):
             click.echo(f"randopt_hpc.launch: note: model.path {base.model.path} is not on this machine", err=True)
-        click.echo(sbatch_text(ex, len(points)), nl=False)
+        try:
+            click.echo(dry_run_script(folder, params, python, len(points)), nl=False)
+        except RuntimeError as e:
+            raise SystemExit(_fail(str(e))) from None
         return
-    from randopt_hpc.results import clear_run
-    from randopt_hpc.run import check_output_dir
-
     try:
-        if base.output.overwrite:
-            for _, cfg in points:
-                clear_run(cfg.output.dir)
         # A folder holding another config's run fails here, not hours later in the queue; finished
         # points (a sweep submitted again after some of it failed) are not submitted again.
-        todo = [i for i, (_, cfg) in enumerate(points) if check_output_dir(cfg) != "finished"]
+        todo = [i for i, (_, cfg) in enumerate(points) if RunFolder(cfg.output.dir).state(cfg) != FINISHED]
     except ConfigError as e:
-        raise SystemExit(_fail(str(e)))
+        raise SystemExit(_fail(str(e))) from None
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if missing:   # before anything is cleared or written
+        raise SystemExit(_fail(f"{' and '.join(missing)} not found on PATH: submit from a Slurm login node "
+                               "(--dry-run prints the batch script anywhere)"))
+    if base.output.overwrite:
+        for _, cfg in points:
+            RunFolder(cfg.output.dir).clear()
     for i in sorted(set(range(len(points))) - set(todo)):
         click.echo(f"already finished, not submitted: {where[i]}")
     if not todo:
         return
-    jobs = submit(ex, folder, root, points, todo)
+    jobs = submit(make_executor(os.path.join(folder, "%j"), params, python), folder, root, points, todo)
     for i, job in zip(todo, jobs):
         click.echo(f"submitted job {job.job_id}: {' '.join(points[i][0]) or config} -> {where[i]}")
     where = [where[i] for i in todo]
     click.echo(f"logs: {folder}/<job id>/   progress: python -m randopt_hpc.status <output folder>")
     if wait:
         raise SystemExit(wait_all(jobs, where))
+
+
+def make_executor(folder: str, params: dict, python: str):
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=folder, python=python)
+    ex.update_parameters(**params)
+    return ex
 
 
 def submit(ex, folder: str, root: str, points, todo: list[int]) -> list:
@@ -260,9 +278,56 @@ def submit(ex, folder: str, root: str, points, todo: list[int]) -> list:
     os.makedirs(root, exist_ok=True)
     record = [{"job_id": ids.get(i, "finished"), "overrides": extra, "output_dir": cfg.output.dir, "config": p}
               for i, ((extra, cfg), p) in enumerate(zip(points, paths))]
-    with open(os.path.join(root, "launch.yaml"), "w", encoding="utf-8") as f:
+    with open(os.path.join(root, LAUNCH_YAML), "w", encoding="utf-8") as f:
         yaml.safe_dump(record, f, sort_keys=False)
     return jobs
+
+
+# The same submission as `submit` (executor, parameters, a batch of N jobs), run by a child process
+# against stand-ins: submitit finds `srun` and calls `sbatch` on PATH, and the child's PATH starts with
+# ours, which need no Slurm. A child because the package never writes os.environ.
+_STAND_IN_SUBMISSION = """
+import json, sys
+import submitit
+r = json.load(sys.stdin)
+ex = submitit.SlurmExecutor(folder=r["folder"], python=r["python"])
+ex.update_parameters(**r["params"])
+with ex.batch():
+    for _ in range(r["jobs"]):
+        ex.submit(int)
+"""
+
+
+def dry_run_script(folder: str, params: dict, python: str, n_jobs: int) -> str:
+    """The batch script that submitting n_jobs with these parameters would write into FOLDER (an array
+    when n_jobs > 1), through submitit's public submission path into a temporary folder whose name is
+    then replaced by FOLDER; nothing is written anywhere else."""
+    with tempfile.TemporaryDirectory(prefix="randopt-dry-run-") as tmp:
+        stand_ins, script, fake = os.path.join(tmp, "bin"), os.path.join(tmp, "script.sh"), os.path.join(tmp, "s")
+        os.mkdir(stand_ins)
+        # Only this interpreter and shell builtins: PATH may hold nothing else (and no Slurm at all).
+        keep = "import shutil, sys; shutil.copyfile(sys.argv[1], sys.argv[2]); print('Submitted batch job 1')"
+        _executable(os.path.join(stand_ins, "sbatch"),
+                    f'exec {shlex.quote(sys.executable)} -c "{keep}" "$1" {shlex.quote(script)}')
+        _executable(os.path.join(stand_ins, "srun"), 'echo "srun: a stand-in for --dry-run" >&2; exit 1')
+        request = {"folder": os.path.join(fake, "%j"), "python": python, "params": params, "jobs": n_jobs}
+        env = {**os.environ, "PATH": os.pathsep.join([stand_ins, os.environ.get("PATH", "")])}
+        p = subprocess.run([sys.executable, "-c", _STAND_IN_SUBMISSION], input=json.dumps(request), env=env,
+                           capture_output=True, text=True, timeout=120)
+        if p.returncode != 0 or not os.path.exists(script):
+            # The exception's own line, not the last of a multi-line message (submitit lists valid parameters).
+            raised = re.findall(r"^[\w.]+: .*", p.stderr, re.MULTILINE) or p.stderr.strip().splitlines()[-1:]
+            why = raised[-1] if raised else "no output"
+            raise RuntimeError(f"--dry-run: submitit failed against the stand-ins for sbatch and srun in {tmp} "
+                               f"({why}; if TMPDIR is mounted noexec, point it elsewhere)")
+        with open(script, encoding="utf-8") as f:
+            return f.read().replace(fake, folder)
+
+
+def _executable(path: str, body: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"#!/bin/sh\n{body}\n")
+    os.chmod(path, 0o755)
 
 
 def wait_all(jobs, where) -> int:

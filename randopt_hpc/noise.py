@@ -85,7 +85,7 @@ def _blocks_torch(b0: int, nblocks: int, k: tuple[int, int], h: int, device) -> 
 
 # --------------------------------------------------------------------------- numba (lazy)
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _numba_kernels():
     """Compile the numba kernels once; None when numba is unavailable."""
     try:
@@ -94,7 +94,7 @@ def _numba_kernels():
         return None
     u64 = np.uint64
     # Every constant is uint64: numba turns mixed uint64/int64 arithmetic into float64.
-    M32, S16, S32 = u64(_M32), u64(16), u64(32)
+    M32, S32 = u64(_M32), u64(32)
     M0, M1, W0, W1 = u64(_PHILOX_M0), u64(_PHILOX_M1), u64(_PHILOX_W0), u64(_PHILOX_W1)
 
     @numba.njit(inline="always")
@@ -236,7 +236,7 @@ def perturb_(param: torch.Tensor, base: torch.Tensor, seed: int, name: str, sigm
     if chunk <= 0 or chunk % 4:
         raise ValueError("chunk must be a positive multiple of 4")
     if impl == "auto" and param.device.type == "cuda" and param.is_contiguous() and base.is_contiguous():
-        from randopt_hpc import noise_triton   # lazy: triton only where there is a GPU
+        from randopt_hpc import noise_triton  # lazy: triton only where there is a GPU
 
         return noise_triton.perturb_(param, base, seed, name, sigma)
     # Round sigma to float32 once, so the product is a float32 op whatever the caller passed.

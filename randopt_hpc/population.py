@@ -1,6 +1,6 @@
 """Candidates: index i -> (seed_i, sigma_i), and which rank owns i. Pure functions of plain integers.
 
-A candidate is its index (DESIGN invariant 1): nothing here depends on the rank count except
+A candidate is its index (docs/design.md, invariant 1): nothing here depends on the rank count except
 `owned`, and owning only decides who computes a result, never what it is.
 """
 from __future__ import annotations

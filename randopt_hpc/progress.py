@@ -1,4 +1,4 @@
-"""Per-rank phase timers, and rank 0's progress line (done/N, rate, ETA) read from the shards."""
+"""Per-rank phase timers, and rank 0's progress line (done/N, rate, ETA) read from the run folder's shards."""
 from __future__ import annotations
 
 import threading
@@ -34,17 +34,6 @@ class Timer:
         return out
 
 
-def count_done(out_dir: str) -> int:
-    """Candidates finished in a run folder, from its shards (cheap: no JSON parsing)."""
-    from randopt_hpc.results import shard_files
-
-    n = 0
-    for path in shard_files(out_dir):
-        with open(path, "rb") as f:
-            n += sum(1 for line in f if line.startswith(b'{"type":"candidate"') and line.endswith(b"\n"))
-    return n
-
-
 def eta_line(done: int, total: int, start_done: int, elapsed: float) -> str:
     rate = (done - start_done) / elapsed if elapsed > 0 else 0.0
     eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "?"
@@ -52,17 +41,18 @@ def eta_line(done: int, total: int, start_done: int, elapsed: float) -> str:
 
 
 class Progress:
-    """A daemon thread on rank 0: every few seconds, count finished candidates across all shards."""
+    """A daemon thread on rank 0: every few seconds, count finished candidates across all shards of the
+    run folder (randopt_hpc.runfolder.RunFolder)."""
 
-    def __init__(self, out_dir: str, total: int, start_done: int, every_s: float, log):
-        self.out_dir, self.total, self.start_done, self.every_s, self.log = out_dir, total, start_done, every_s, log
+    def __init__(self, folder, total: int, start_done: int, every_s: float, log):
+        self.folder, self.total, self.start_done, self.every_s, self.log = folder, total, start_done, every_s, log
         self.t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
     def _report(self) -> None:
-        self.log.info(eta_line(count_done(self.out_dir), self.total, self.start_done, time.perf_counter() - self.t0))
+        self.log.info(eta_line(self.folder.count_done(), self.total, self.start_done, time.perf_counter() - self.t0))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):

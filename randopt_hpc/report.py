@@ -1,4 +1,7 @@
-"""Rank 0's last step: records -> the results.h5 tree (docs/results-schema.md), provenance, summary table."""
+"""Rank 0's last step: records and votes -> the results.h5 tree (docs/results-schema.md), provenance, summary.
+
+The tree builder only serialises: the vote is randopt_hpc.vote.vote_ensemble, called by run().
+"""
 from __future__ import annotations
 
 import datetime
@@ -22,71 +25,60 @@ def _texts(rows) -> np.ndarray:
     return np.array([[t if t is not None else "" for t in row] for row in rows], dtype=object)
 
 
-def _ensemble(members: list[int], ks: list[int], test_recs: dict, pop_by_index: dict) -> tuple[dict, list]:
-    """Members' answers and the vote for every K (a prefix of `members`), on test and on train."""
-    test_keys = [test_recs[m]["keys"] for m in members]
-    test_ok = [test_recs[m]["correct"] for m in members]
-    train_keys = [pop_by_index[m]["keys"] for m in members]
-    train_ok = [pop_by_index[m]["correct"] for m in members]
-    voted_keys, voted_ok, acc, train_acc = [], [], [], []
-    for k in ks:
-        vk, vo = vote.vote(test_keys, test_ok, k)
-        voted_keys.append(vk)
-        voted_ok.append(vo)
-        acc.append(vote.accuracy(vo))
-        train_acc.append(vote.accuracy(vote.vote(train_keys, train_ok, k)[1]))
+def _ensemble(v: vote.EnsembleVote, answers: dict) -> dict:
+    """One ensemble group: its members' test answers and its vote for every K."""
+    rows = [answers[m] for m in v.members]
     group = {
-        "members": np.array(members, dtype=np.int64),
-        "test_key": _keys(test_keys),
-        "test_correct": np.array(test_ok, dtype=bool),
-        "test_reward": np.array([test_recs[m]["rewards"] for m in members], dtype=np.float32),
-        "test_answer": _texts([test_recs[m]["answers"] for m in members]),
-        "k": np.array(ks, dtype=np.int64),
-        "voted_key": _keys(voted_keys),
-        "voted_correct": np.array(voted_ok, dtype=bool),
-        "accuracy": np.array(acc),
-        "train_accuracy": np.array(train_acc),
+        "members": np.array(v.members, dtype=np.int64),
+        "test_key": _keys([a.keys for a in rows]),
+        "test_correct": np.array([a.correct for a in rows], dtype=bool),
+        "test_reward": np.array([a.rewards for a in rows], dtype=np.float32),
+        "test_answer": _texts([a.answers for a in rows]),
+        "k": np.array(v.ks, dtype=np.int64),
+        "voted_key": _keys(v.voted_keys),
+        "voted_correct": np.array(v.voted_correct, dtype=bool),
+        "accuracy": np.array(v.accuracy),
+        "train_accuracy": np.array(v.train_accuracy),
     }
-    if all(test_recs[m].get("texts") is not None for m in members):
-        group["test_text"] = _texts([test_recs[m]["texts"] for m in members])
-    return group, list(zip(ks, train_acc, acc))
+    if all(a.texts is not None for a in rows):
+        group["test_text"] = _texts([a.texts for a in rows])
+    return group
 
 
-def build_tree(cfg, train, test, base, population, order, selected, control, member_recs, timings):
-    ks = sorted(cfg.selection.top_k)
-    by_index = {r["index"]: r for r in population}
-    assert [r["index"] for r in population] == list(range(cfg.population.size)), "population incomplete"
+def build_tree(cfg, train, test, base: dict, population: list, order: list, votes: dict, member_answers: dict,
+               timings: list) -> dict:
+    """The results.h5 tree (docs/results-schema.md): base = {split: Answers}, population = every
+    CandidateRecord, votes = {"selected": EnsembleVote, "control": EnsembleVote (optional)}."""
+    if [r.index for r in population] != list(range(cfg.population.size)):
+        raise ValueError(f"population incomplete: {len(population)} of {cfg.population.size} candidates")
+    answers = [r.answers for r in population]
     pop = {
         "index": np.arange(len(population), dtype=np.int64),
-        "seed": np.array([r["seed"] for r in population], dtype=np.int64),
-        "sigma": np.array([r["sigma"] for r in population]),
-        "train_score": np.array([r["score"] for r in population]),
-        "train_accuracy": np.array([r["accuracy"] for r in population]),
-        "train_reward": np.array([r["rewards"] for r in population], dtype=np.float32),
-        "train_correct": np.array([r["correct"] for r in population], dtype=bool),
-        "train_key": _keys([r["keys"] for r in population]),
-        "rank": np.array([r["rank"] for r in population], dtype=np.int32),
-        "seconds": np.array([r["seconds"] for r in population]),
+        "seed": np.array([r.seed for r in population], dtype=np.int64),
+        "sigma": np.array([r.sigma for r in population]),
+        "train_score": np.array([a.score for a in answers]),
+        "train_accuracy": np.array([a.accuracy for a in answers]),
+        "train_reward": np.array([a.rewards for a in answers], dtype=np.float32),
+        "train_correct": np.array([a.correct for a in answers], dtype=bool),
+        "train_key": _keys([a.keys for a in answers]),
+        "rank": np.array([r.rank for r in population], dtype=np.int32),
+        "seconds": np.array([r.seconds for r in population]),
     }
-    if all(r.get("texts") is not None for r in population):
-        pop["train_text"] = _texts([r["texts"] for r in population])
+    if all(a.texts is not None for a in answers):
+        pop["train_text"] = _texts([a.texts for a in answers])
     base_group = {}
     for split in ("train", "test"):
         b = base[split]
-        base_group.update({f"{split}_reward": np.array(b["rewards"], dtype=np.float32),
-                           f"{split}_correct": np.array(b["correct"], dtype=bool),
-                           f"{split}_key": _keys([b["keys"]])[0], f"{split}_answer": _texts([b["answers"]])[0],
-                           f"{split}_text": _texts([b["texts"]])[0]})
-    sel_group, sel_rows = _ensemble(selected, ks, member_recs, by_index)
-    ensemble = {"selected": sel_group}
-    ctrl_rows = []
-    if control:
-        ensemble["control"], ctrl_rows = _ensemble(control, ks, member_recs, by_index)
-    tree = {
+        base_group.update({f"{split}_reward": np.array(b.rewards, dtype=np.float32),
+                           f"{split}_correct": np.array(b.correct, dtype=bool),
+                           f"{split}_key": _keys([b.keys])[0], f"{split}_answer": _texts([b.answers])[0],
+                           f"{split}_text": _texts([b.texts])[0]})
+    return {
         "population": pop,
         "base": base_group,
-        "selection": {"ranking": np.array(order, dtype=np.int64), "top_k": np.array(ks, dtype=np.int64)},
-        "ensemble": ensemble,
+        "selection": {"ranking": np.array(order, dtype=np.int64),
+                      "top_k": np.array(sorted(cfg.selection.top_k), dtype=np.int64)},
+        "ensemble": {name: _ensemble(v, member_answers) for name, v in votes.items()},
         "data": {"task": np.array(cfg.task.name, dtype=object),
                  "train_ids": np.array([ex.id for ex in train], dtype=object),
                  "test_ids": np.array([ex.id for ex in test], dtype=object),
@@ -97,16 +89,19 @@ def build_tree(cfg, train, test, base, population, order, selected, control, mem
         "timing": {name: np.array([t[name] for t in timings], dtype=object if name == "hostname" else None)
                    for name in timings[0]},
     }
+
+
+def summary_rows(base: dict, population: list, order: list, votes: dict, member_answers: dict) -> list:
+    """(model, K, train accuracy, test accuracy) rows for the log's table."""
     best = order[0]
-    summary = [("base", None, float(np.mean(base["train"]["correct"])), float(np.mean(base["test"]["correct"]))),
-               (f"best single (#{best})", None, float(by_index[best]["accuracy"]),
-                float(np.mean(member_recs[best]["correct"])))]
-    ctrl = dict((k, (tr, te)) for k, tr, te in ctrl_rows)
-    for k, tr, te in sel_rows:
-        summary.append((f"top-{k} vote", k, tr, te))
-        if k in ctrl:
-            summary.append((f"control-{k} vote (first {k} by index)", k, *ctrl[k]))
-    return tree, summary
+    rows = [("base", None, base["train"].accuracy, base["test"].accuracy),
+            (f"best single (#{best})", None, population[best].answers.accuracy, member_answers[best].accuracy)]
+    control = votes.get("control")
+    for i, k in enumerate(votes["selected"].ks):
+        rows.append((f"top-{k} vote", k, votes["selected"].train_accuracy[i], votes["selected"].accuracy[i]))
+        if control is not None:
+            rows.append((f"control-{k} vote (first {k} by index)", k, control.train_accuracy[i], control.accuracy[i]))
+    return rows
 
 
 def summary_table(rows) -> str:
@@ -136,9 +131,11 @@ def _versions(comm) -> dict:
     return out
 
 
-def provenance(cfg, comm, hostnames, config_yaml: str, fingerprint: str) -> dict:
+def provenance(cfg, comm, hostnames: list) -> dict:
+    from randopt_hpc.config import fingerprint_hash, to_yaml
+
     return {"schema_version": SCHEMA_VERSION, "package_version": __version__, "git_commit": _git_commit(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": config_yaml, "config_fingerprint": fingerprint, "world_size": comm.size,
+            "config": to_yaml(cfg), "config_fingerprint": fingerprint_hash(cfg), "world_size": comm.size,
             "hostnames": json.dumps(hostnames), "versions": json.dumps(_versions(comm)),
             "task": cfg.task.name, "population_size": cfg.population.size}

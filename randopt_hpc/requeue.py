@@ -12,7 +12,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from randopt_hpc.comm import EXIT_PREEMPTED, Environment
+from randopt_hpc.comm import EXIT_PREEMPTED
+from randopt_hpc.environment import Environment
 
 
 def main(argv: list[str] | None = None, environ: dict | None = None) -> int:

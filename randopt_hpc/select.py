@@ -14,12 +14,6 @@ def ranking(indices: Sequence[int], scores: Sequence[float]) -> list[int]:
     return [i for i, _ in sorted(zip(indices, scores), key=key)]
 
 
-def top_k(order: Sequence[int], k: int) -> list[int]:
-    if not 1 <= k <= len(order):
-        raise ValueError(f"K={k} outside [1, {len(order)}]")
-    return list(order[:k])
-
-
 def control_members(n: int, k: int) -> list[int]:
     """The unselected control: the first K candidates by index (they were drawn, never chosen)."""
     return list(range(min(k, n)))

@@ -44,6 +44,6 @@ def stage_model(model_path: str, stage_dir: str) -> str:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.exists(os.path.join(dest, MARKER)):   # copies are renamed only once complete
-            raise RuntimeError(f"runtime.stage_dir: {dest} exists but is not a staged model; remove it")
+            raise RuntimeError(f"runtime.stage_dir: {dest} exists but is not a staged model; remove it") from None
         # else another node's identical copy landed first
     return dest

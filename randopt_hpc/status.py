@@ -14,34 +14,29 @@ import time
 
 import click
 
-from randopt_hpc import results
 from randopt_hpc.cli import Command, fail
+from randopt_hpc.runfolder import LAUNCH_YAML, RUN_YAML, RunFolder, read_shard
 
 
 def summarize(out_dir: str, now: float | None = None) -> dict:
     """Done/N per shard and overall, rate (sum of the shards' busy rates) and ETA."""
-    import yaml
-
-    run_yaml = os.path.join(out_dir, results.RUN_YAML)
-    if not os.path.exists(run_yaml):
-        raise FileNotFoundError(f"{out_dir}: no {results.RUN_YAML}; not a randopt_hpc run folder")
-    with open(run_yaml, encoding="utf-8") as f:
-        n = int(yaml.safe_load(f)["population"]["size"])
+    folder = RunFolder(out_dir)
+    if not folder.started:
+        raise FileNotFoundError(f"{out_dir}: no {RUN_YAML}; not a randopt_hpc run folder")
+    n = folder.population_size()
     now = time.time() if now is None else now
-    records = results.read_shards(out_dir)
-    done = results.index_records(records, "candidate")
+    done: set[int] = set()
     shards = []
-    for path in results.shard_files(out_dir):
-        rank = int(os.path.basename(path)[len("rank-"):-len(".jsonl")])
-        mine = [r for r in results.read_shards_file(path) if r.get("type") == "candidate"]
-        busy = sum(r["seconds"] for r in mine)
-        shards.append({"rank": rank, "done": len(mine), "busy_s": round(busy, 2),
+    for path in folder.shard_files():
+        mine = [r for r in read_shard(path) if r.kind == "candidate"]
+        done |= {r.index for r in mine}
+        busy = sum(r.seconds for r in mine)
+        shards.append({"rank": folder.shard_rank(path), "done": len(mine), "busy_s": round(busy, 2),
                        "rate": len(mine) / busy if busy > 0 else 0.0,
                        "last_write_s_ago": round(now - os.path.getmtime(path), 1)})
     rate = sum(s["rate"] for s in shards)
     left = n - len(done)
-    return {"dir": out_dir, "population": n, "done": len(done), "left": left,
-            "finished": os.path.exists(os.path.join(out_dir, results.RESULTS)),
+    return {"dir": out_dir, "population": n, "done": len(done), "left": left, "finished": folder.finished,
             "rate": rate, "eta_s": (left / rate if rate > 0 else None) if left else 0.0, "shards": shards}
 
 
@@ -50,11 +45,11 @@ def summarize_sweep(root: str, now: float | None = None) -> list[dict]:
     job has not written its folder yet."""
     import yaml
 
-    with open(os.path.join(root, "launch.yaml"), encoding="utf-8") as f:
+    with open(os.path.join(root, LAUNCH_YAML), encoding="utf-8") as f:
         points = yaml.safe_load(f)
     out = []
     for p in points:
-        started = os.path.exists(os.path.join(p["output_dir"], results.RUN_YAML))
+        started = RunFolder(p["output_dir"]).started
         s = summarize(p["output_dir"], now) if started else {"dir": p["output_dir"]}
         out.append({**s, "job_id": p["job_id"], "overrides": p["overrides"], "started": started})
     return out
@@ -92,8 +87,7 @@ def render(s: dict) -> str:
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
 def main(out_dir: str, as_json: bool) -> None:
-    sweep = not os.path.exists(os.path.join(out_dir, results.RUN_YAML)) and \
-        os.path.exists(os.path.join(out_dir, "launch.yaml"))
+    sweep = not RunFolder(out_dir).started and os.path.exists(os.path.join(out_dir, LAUNCH_YAML))
     try:
         s = summarize_sweep(out_dir) if sweep else summarize(out_dir)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as e:

@@ -1,6 +1,6 @@
 """Where every element of a vLLM Llama parameter comes from in the checkpoint, for any TP size.
 
-Noise is defined on the checkpoint's own tensors (DESIGN invariant 2). vLLM does not hold those
+Noise is defined on the checkpoint's own tensors (docs/design.md, invariant 2). vLLM does not hold those
 tensors: it fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`, splits column-parallel
 layers by rows and row-parallel layers (`o_proj`, `down_proj`) by columns, pads the vocabulary to a
 multiple of 64 before splitting it, and replicates K/V heads when there are fewer than tp_size. So a
@@ -60,7 +60,8 @@ def _kv_rows(s: LlamaShape, tp_rank: int, tp_size: int) -> tuple[int, int]:
         h0, h1 = _split(s.kv_heads, tp_rank, tp_size, "num_key_value_heads")
     else:
         if tp_size % s.kv_heads:
-            raise ValueError(f"tensor_parallel_size = {tp_size} is not a multiple of num_key_value_heads = {s.kv_heads}")
+            raise ValueError(f"tensor_parallel_size = {tp_size} is not a multiple of "
+                             f"num_key_value_heads = {s.kv_heads}")
         h0 = tp_rank // (tp_size // s.kv_heads)
         h1 = h0 + 1
     return h0 * s.head_dim, h1 * s.head_dim
@@ -128,7 +129,8 @@ def pieces(param: str, s: LlamaShape, tp_rank: int, tp_size: int) -> list[Piece]
         source = "model.embed_tokens.weight" if s.tie else param
         lo, hi = v0, min(v1, s.vocab)      # rows past the real vocabulary are padding: no noise
         return [Piece(source, (lo, hi), None, 0)] if hi > lo else []
-    if re.fullmatch(r"model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight|model\.norm\.weight", param):
+    norms = r"model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight|model\.norm\.weight"
+    if re.fullmatch(norms, param):
         return [Piece(param, (0, s.hidden), None, 0)]
     raise ValueError(f"{param}: not a vLLM Llama parameter this mapping knows")
 

@@ -38,6 +38,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> Path:
+    """The tiny Llama untrained (about a second to build): for tests of weights and generation mechanics,
+    where what the model answers does not matter, only that perturbations change it."""
+    from tools.make_tiny_model import build
+
+    out = tmp_path_factory.mktemp("random-model")
+    build(str(out), seed=0, train_steps=0)
+    return out
+
+
 def write_config(path: Path, model: Path, out: Path, **sections) -> Path:
     cfg = {
         "model": {"path": str(model), "dtype": "float32"},

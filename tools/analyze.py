@@ -46,7 +46,8 @@ def _emit(data, as_json: bool, render) -> None:
             click.echo(render(item))
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout (a list, one object per file).")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Machine-readable JSON on stdout (a list, one object per file).")
 files_arg = click.argument("files", nargs=-1, required=True, metavar="FILES...")
 
 
@@ -71,14 +72,15 @@ def _render_summary(s: dict) -> str:
     z = s["sizes"]
     lines = [f"run {s['run']} · task {s['task']} · created {s['created']} · git {s['git_commit'][:10]}",
              "config:", *_config_lines(s["config"]),
-             f"sizes: N={z['N']}  M(train)={z['M_train']}  T(test)={z['T_test']}  world_size={z['world_size']}  K={z['K']}",
+             f"sizes: N={z['N']}  M(train)={z['M_train']}  T(test)={z['T_test']}  "
+             f"world_size={z['world_size']}  K={z['K']}",
              "",
              tables.text(["model", "train score", "train acc", "test acc"],
                          [[r["model"], r["train_score"], r["train_acc"], r["test_acc"]] for r in s["models"]])]
     if s["timing"]:
         lines += ["", "timing per rank (seconds; idle = wall - busy, wait = time in the score allgather):",
                   tables.text(["rank", "host", "candidates", "wall", "busy", "idle", "wait", "load"],
-                              [[t["rank"], t["host"], t["candidates"], t["wall"], t["busy"], t["idle"], t["wait"], t["load"]]
+                              [[t[k] for k in ("rank", "host", "candidates", "wall", "busy", "idle", "wait", "load")]
                                for t in s["timing"]], digits=1),
                   f"imbalance (max busy / mean busy): {tables.cell(s['imbalance'])}"]
     return "\n".join(lines)
@@ -106,7 +108,8 @@ def _render_kcurve(d: dict) -> str:
             row += [d[g]["accuracy"][i], d[g]["coverage"][i]] if i < len(d[g]["k"]) else [None, None]
         rows.append(row)
     lines = [d["title"], f"base test accuracy: {d['base_test_acc']:.3f}", tables.text(headers, rows),
-             "* = a K stored in the file; coverage = share of test items at least one of the first k members gets right"]
+             "* = a K stored in the file; "
+             "coverage = share of test items at least one of the first k members gets right"]
     for g in groups:
         ok = "yes" if d[g]["matches_stored"] else f"NO, differs at K = {d[g]['mismatched_k']}"
         lines.append(f"{g}: re-vote equals the stored voted_correct for K = {d[g]['stored_k']}: {ok}")
@@ -131,7 +134,8 @@ def _render_sigma(d: dict) -> str:
     headers = ["sigma", "count", "mean", "std", "min", "q25", "median", "q75", "max", "> base", ">= base"]
     rows = [[r["sigma"] if r["sigma"] == "all" else f"{r['sigma']:g}", r["count"], r["mean"], r["std"], r["q0"],
              r["q25"], r["q50"], r["q75"], r["q100"], r["above_base"], r["at_least_base"]] for r in d["rows"]]
-    return "\n".join([d["title"], f"base train score: {d['base_train_score']:.4f}", tables.text(headers, rows, digits=4)])
+    return "\n".join([d["title"], f"base train score: {d['base_train_score']:.4f}",
+                      tables.text(headers, rows, digits=4)])
 
 
 @cli.command()
@@ -163,7 +167,8 @@ def _render_density(d: dict) -> str:
 @cli.command()
 @files_arg
 @click.option("--margins", callback=_margins, metavar="M1,M2,...",
-              help="Margins m over the base train score (default: an even grid from the worst to the best candidate, with 0).")
+              help="Margins m over the base train score "
+                   "(default: an even grid from the worst to the best candidate, with 0).")
 @click.option("--steps", default=11, show_default=True, help="Points of the default grid.")
 @json_option
 def density(files, margins, steps, as_json):
@@ -178,7 +183,8 @@ def density(files, margins, steps, as_json):
 # -------------------------------------------------------------------------------------- discordance
 
 def _render_discordance(d: dict) -> str:
-    lines = [f"spectral discordance D = {d['D']:.4f}   (M = {d['M']} columns, bound M/(M-1) = {d['bound']:.4f}, N = {d['N']})",
+    lines = [f"spectral discordance D = {d['D']:.4f}   "
+             f"(M = {d['M']} columns, bound M/(M-1) = {d['bound']:.4f}, N = {d['N']})",
              f"columns: {d['source']}"]
     lines += [f"  [{j}] {name}" for j, name in enumerate(d["columns"])]
     lines += ["rank correlation matrix:",
@@ -279,7 +285,7 @@ def plot(file, out_dir, dpi, as_json):
                     "density": reports.density(f, file, grid)}
     except (ResultsError, ValueError, OSError) as e:
         _fail(e)
-    from tools import plots     # matplotlib only here: every other command works without it
+    from tools import plots  # matplotlib only here: every other command works without it
 
     try:
         os.makedirs(out_dir, exist_ok=True)

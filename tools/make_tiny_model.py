@@ -71,6 +71,7 @@ def encode(tok, rows, sep: str = ""):
 
 def _teach_format(model, tok, steps, batch, lr, seed):
     import torch
+
     from randopt_hpc.tasks import countdown
 
     records = countdown.synthetic_records(steps * batch, seed + 1000)

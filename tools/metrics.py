@@ -159,7 +159,8 @@ def coverage_curve(correct: np.ndarray) -> np.ndarray:
 
 
 def vote_curve(keys: Sequence[Sequence[str]], correct: np.ndarray) -> tuple[np.ndarray, list[list[bool]]]:
-    """Vote accuracy of the first k members for k = 1..K (randopt_hpc.vote; '' abstains) and each k's voted correctness."""
+    """Vote accuracy of the first k members for k = 1..K (randopt_hpc.vote; '' abstains) and each k's voted
+    correctness."""
     per_k = [vote.vote(keys, correct, k)[1] for k in range(1, len(keys) + 1)]
     return np.array([vote.accuracy(v) for v in per_k]), per_k
 

@@ -116,10 +116,12 @@ def discordance(files: list[tuple[str, object]], splits: int | None) -> dict:
         path, f = files[0]
         cols = metrics.split_scores(f["population/train_reward"][()], splits)
         names = [f"train block {j + 1}/{splits}" for j in range(splits)]
-        source = f"{path}: {splits} disjoint contiguous blocks of the {f['population/train_reward'].shape[1]} train examples"
+        m = f["population/train_reward"].shape[1]
+        source = f"{path}: {splits} disjoint contiguous blocks of the {m} train examples"
     else:
         if len(files) < 2:
-            raise ResultsError("discordance needs 2 or more results files of the same population, or one file with --splits M")
+            raise ResultsError("discordance needs 2 or more results files of the same population, "
+                               "or one file with --splits M")
         pops = [{"seed": f["population/seed"][()], "sigma": f["population/sigma"][()]} for _, f in files]
         for (path, _), pop in zip(files[1:], pops[1:]):
             why = runfile.same_population(pops[0], pop)
@@ -150,8 +152,9 @@ def merge_row(f, path: str) -> dict:
 def summary_core(f) -> dict:
     best = int(f["selection/ranking"][0])
     sel = runfile.members(f, "selected")
-    return {"best": best, "N": int(f["population/train_reward"].shape[0]), "base_test": float(f["base/test_correct"][()].mean()),
-            "best_single_test": float(sel[2][list(sel[0]).index(best)].mean()) if sel is not None and best in sel[0] else None}
+    best_test = float(sel[2][list(sel[0]).index(best)].mean()) if sel is not None and best in sel[0] else None
+    return {"best": best, "N": int(f["population/train_reward"].shape[0]),
+            "base_test": float(f["base/test_correct"][()].mean()), "best_single_test": best_test}
 
 
 def merge(rows: list[dict], ignore: tuple[str, ...] = ("output.dir", "output.overwrite")) -> dict:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from randopt_hpc import results
 from tools import metrics
-
 
 # What every command may read without asking; ensemble/control is optional (selection.control: false).
 REQUIRED = ("population/seed", "population/sigma", "population/train_score", "population/train_accuracy",

@@ -26,8 +26,8 @@ def text(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3)
     """Columns aligned: text left, numbers right."""
     body = [[cell(v, digits) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(r[i], (int, float, np.number)) and not isinstance(r[i], bool) for r in rows if r[i] is not None)
-               for i in range(len(headers))]
+    numeric = [all(isinstance(r[i], (int, float, np.number)) and not isinstance(r[i], bool)
+                   for r in rows if r[i] is not None) for i in range(len(headers))]
 
     def line(vals):
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()

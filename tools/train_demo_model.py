@@ -24,7 +24,7 @@ import os
 import random
 import time
 
-from randopt_hpc.tasks import countdown, countdown_qa
+from randopt_hpc.tasks import countdown_qa
 
 HELDOUT = 2000          # demo configs use task.seed 0 and train_size + test_size <= HELDOUT
 MIXTURE = {"add": 1, "sub": 1, "mul": 1, "eval": 1, "verify": 1, "countdown": 2}
@@ -99,7 +99,8 @@ def skill_accuracy(model, tok, seed: int, n: int = 300) -> dict:
         acc[skill] = sum(t.split("\n")[0].strip() == a for t, (_, a) in zip(texts, rows)) / n
     exs = countdown_qa.examples_from_records(countdown_qa.synthetic_records(HELDOUT, 0))
     texts = greedy(model, tok, [ex.prompt for ex in exs])
-    acc["countdown (held-out demo problems)"] = sum(countdown_qa.score(t, ex).correct for t, ex in zip(texts, exs)) / len(exs)
+    right = sum(countdown_qa.score(t, ex).correct for t, ex in zip(texts, exs))
+    acc["countdown (held-out demo problems)"] = right / len(exs)
     return acc
 
 

@@ -1,22 +1,14 @@
-"""Backends: one small class each behind the same methods (generate, perturb, restore). Imported lazily."""
+"""Backends: one module each behind the Backend protocol (randopt_hpc.backends.base), imported lazily."""
 from __future__ import annotations
+
+import importlib
+
+# config `backend` -> (module, class); the module is imported only when the backend is made.
+BACKENDS = {"hf": ("randopt_hpc.backends.hf", "HFBackend"), "vllm": ("randopt_hpc.backends.vllm", "VLLMBackend")}
 
 
 def make_backend(cfg, model_path: str | None = None):
     """The configured backend; model_path, when given, is a staged copy of cfg.model.path."""
-    path = model_path or cfg.model.path
-    common = dict(max_new_tokens=cfg.generation.max_new_tokens, batch_size=cfg.generation.batch_size,
-                  include=cfg.population.include, exclude=cfg.population.exclude, device=cfg.runtime.device,
-                  noise_impl=cfg.runtime.noise_impl)
-    if cfg.backend == "hf":
-        from randopt_hpc.backends.hf import HFBackend
-
-        return HFBackend(path, cfg.model.dtype, **common)
-    if cfg.backend == "vllm":
-        from randopt_hpc.backends.vllm import VLLMBackend
-
-        v = cfg.vllm
-        return VLLMBackend(path, cfg.model.dtype, **common, tensor_parallel_size=v.tensor_parallel_size,
-                           gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager,
-                           max_model_len=v.max_model_len)
-    raise ValueError(f"backend: unknown {cfg.backend!r}; valid: hf, vllm")
+    module, name = BACKENDS[cfg.backend]
+    cls = getattr(importlib.import_module(module), name)
+    return cls.from_config(cfg, model_path or cfg.model.path)

@@ -1,15 +1,21 @@
-"""Task registry. A task module exposes examples_from_records, synthetic_records, score and split."""
+"""Task registry: one class per task family, each behind the Task protocol (randopt_hpc.tasks.base)."""
 from __future__ import annotations
 
-from types import ModuleType
+from randopt_hpc.tasks.base import Task
+from randopt_hpc.tasks.countdown import Countdown
+from randopt_hpc.tasks.countdown_qa import CountdownQA
 
-from randopt_hpc.tasks import countdown, countdown_qa
-
-TASKS: dict[str, ModuleType] = {"countdown": countdown, "countdown_qa": countdown_qa}
+TASKS: dict[str, type] = {"countdown": Countdown, "countdown_qa": CountdownQA}
 
 
-def get_task(name: str) -> ModuleType:
+def get_task(name: str, template: str | None = None) -> Task:
+    """The task `name`; `template` (config task.template) only for tasks that take one."""
     try:
-        return TASKS[name]
+        cls = TASKS[name]
     except (KeyError, TypeError):
         raise KeyError(f"unknown task {name!r}; valid: {', '.join(sorted(TASKS))}") from None
+    if template is None:
+        return cls()
+    if not cls.takes_template:
+        raise ValueError(f"task {name} takes no prompt template")
+    return cls(template)

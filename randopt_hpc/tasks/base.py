@@ -6,7 +6,9 @@ backtracking is quadratic on inputs with many unmatched opening tags.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,23 @@ class Scored:
     correct: bool           # exact correctness (reported accuracy; never the reward)
     key: str | None         # voting key; None = abstain (no valid answer)
     answer: str | None      # extracted answer text, None if absent
+
+
+class Task(Protocol):
+    """What run(), data loading and config validation need of a task; one file per task family in
+    randopt_hpc/tasks/, registered in randopt_hpc.tasks.TASKS. Nothing outside a task's file knows which
+    task it is."""
+    name: str
+    takes_template: bool    # whether config task.template words its prompts
+
+    def examples_from_records(self, records: Sequence[dict]) -> list[Example]:
+        """Data rows (a task file's objects, or synthetic_records) -> examples; ValueError naming the row."""
+
+    def synthetic_records(self, n: int, seed: int) -> list[dict]:
+        """n rows, a pure function of (n, seed), each a prefix of the longer stream."""
+
+    def score(self, completion: str, example: Example) -> Scored:
+        """The reward, correctness, voting key and answer of one completion (hostile input: never raises)."""
 
 
 def record_id(row: dict, index: int) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 
-from randopt_hpc.tasks.base import Example, Scored, has_tag_pair, last_tag_content, record_id, split_first_last
+from randopt_hpc.tasks.base import Example, Scored, has_tag_pair, last_tag_content, record_id
 
 SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in your mind "
           "and then provide the user with the answer.")
@@ -133,10 +133,6 @@ def examples_from_records(records: list[dict]) -> list[Example]:
         examples.append(Example(id=record_id(row, i), prompt=prompt, messages=messages,
                                 response_prefix=RESPONSE_PREFIX, numbers=numbers, target=target))
     return examples
-
-
-def split(examples: list[Example], train_size: int, test_size: int) -> tuple[list[Example], list[Example]]:
-    return split_first_last(examples, train_size, test_size)
 
 
 # --------------------------------------------------------------------------- expressions
@@ -384,3 +380,18 @@ def synthetic_records(n: int, seed: int) -> list[dict]:
                 break
         rows.append({"id": f"syn-{seed}-{i}", "numbers": numbers, "target": found[0], "solution": found[1]})
     return rows
+
+
+class Countdown:
+    """The Task (randopt_hpc.tasks.base.Task) over this module's functions."""
+    name = "countdown"
+    takes_template = False
+
+    def examples_from_records(self, records: list[dict]) -> list[Example]:
+        return examples_from_records(records)
+
+    def synthetic_records(self, n: int, seed: int) -> list[dict]:
+        return synthetic_records(n, seed)
+
+    def score(self, completion: str, example: Example) -> Scored:
+        return score(completion, example)

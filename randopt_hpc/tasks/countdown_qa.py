@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 
 from randopt_hpc.tasks import countdown
-from randopt_hpc.tasks.base import Example, Scored, record_id, split_first_last
+from randopt_hpc.tasks.base import Example, Scored, record_id
 
 OPS = ("+", "-", "*")
 TEMPLATE = "Q: use {numbers} to make {target} A:"   # the wording the demo model was trained on
@@ -39,10 +39,6 @@ def examples_from_records(records: list[dict], template: str = TEMPLATE) -> list
         examples.append(Example(id=record_id(row, i), prompt=text, messages=(("user", text),),
                                 response_prefix="", numbers=numbers, target=target))
     return examples
-
-
-def split(examples: list[Example], train_size: int, test_size: int) -> tuple[list[Example], list[Example]]:
-    return split_first_last(examples, train_size, test_size)
 
 
 def extract(completion) -> str:
@@ -86,3 +82,36 @@ def synthetic_records(n: int, seed: int) -> list[dict]:
         seen.add(key)
         rows.append({"id": f"cqa-{seed}-{len(rows)}", "numbers": numbers, "target": target, "solution": solution})
     return rows
+
+
+def check_template(template: str) -> None:
+    """ValueError unless the template holds {numbers} and {target} and no other field."""
+    try:
+        shown = template.format(numbers="\0N", target="\0T")
+        ok = "\0N" in shown and "\0T" in shown
+    except (KeyError, IndexError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"must hold {{numbers}} and {{target}} and no other fields, got {template!r}")
+
+
+class CountdownQA:
+    """The Task (randopt_hpc.tasks.base.Task) over this module's functions; `template` words the question."""
+    name = "countdown_qa"
+    takes_template = True
+
+    def __init__(self, template: str | None = None):
+        if template is not None:
+            check_template(template)
+        self.template = TEMPLATE if template is None else template
+
+    check_template = staticmethod(check_template)
+
+    def examples_from_records(self, records: list[dict]) -> list[Example]:
+        return examples_from_records(records, self.template)
+
+    def synthetic_records(self, n: int, seed: int) -> list[dict]:
+        return synthetic_records(n, seed)
+
+    def score(self, completion: str, example: Example) -> Scored:
+        return score(completion, example)

@@ -20,6 +20,8 @@ from randopt_hpc.tasks import countdown_qa
 from randopt_hpc.tasks.base import Example
 from tests.conftest import assert_same_results, launch, write_config
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "models", "demo")
 LAYER0_DOWN = "model.layers.0.mlp.down_proj.weight"
@@ -32,11 +34,20 @@ def examples():
 
 @pytest.fixture(scope="module")
 def vb():
-    from randopt_hpc.backends.vllm import VLLMBackend
+    import torch
 
-    # Small KV blocks, so that a prompt the 128-position demo model can take spans several of them.
+    from randopt_hpc.backends.vllm import VLLMBackend
+    from randopt_hpc.config import from_dict
+    from randopt_hpc.environment import Environment, setup_process
+
+    # As `python -m randopt_hpc.run` would for backend vllm: the engine in this process.
+    setup_process(from_dict({"backend": "vllm", "runtime": {"threads": torch.get_num_threads()}}),
+                  Environment.from_os())
+    # Small KV blocks, so that a prompt the 128-position demo model can take spans several of them. An
+    # explicit KV cache size: the default is a share of the NUMA node minus this process's memory, and a
+    # test process that already imported vLLM and built models holds more than that share.
     return VLLMBackend(MODEL, "float32", max_new_tokens=12, batch_size=64, gpu_memory_utilization=0.1,
-                       max_model_len=128, block_size=32)
+                       max_model_len=128, engine_args={"block_size": 32, "kv_cache_memory_bytes": 256 << 20})
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +115,19 @@ def test_long_prompt_answers_with_the_perturbed_weights(vb, hb):
     block = vb.llm.llm_engine.vllm_config.cache_config.block_size
     filler = "Q: 7*8= A: 56\n" * 6
     ex = [Example(id="long", prompt=filler + "Q: use 19 19 20 and make 18 A:", messages=(), response_prefix="")]
-    n_tokens = len(vb.token_ids(ex)[0])
+    n_tokens = len(vb.encoded(ex)[0])
     assert n_tokens > block, (n_tokens, block)
     base = vb.generate_ids(ex)
+    changed = 0
     for seed in range(3):
         vb.perturb(seed, 2e-2)
         hb.perturb(seed, 2e-2)
-        assert vb.generate_ids(ex) == hb.generate_ids(ex)
+        got = vb.generate_ids(ex)
+        assert got == hb.generate_ids(ex)
+        changed += got != base
         vb.restore()
         hb.restore()
+    assert changed >= 1, "no perturbation changed the answer: the test could not see a stale cache"
     assert vb.generate_ids(ex) == base
 
 

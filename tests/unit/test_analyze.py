@@ -11,7 +11,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from randopt_hpc import results, vote
+from randopt_hpc import vote
+from randopt_hpc.runfolder import RunFolder
 from tests.conftest import ROOT
 from tools import metrics
 from tools.analyze import cli
@@ -63,11 +64,13 @@ def make_results(out_dir, hits=(1, 2, 2, 3, 5, 4), base_hits=2, m=10, sigmas=Non
                        "rank": np.arange(n, dtype=np.int32) % 2, "seconds": np.ones(n)},
         "base": {"train_reward": base_reward, "train_correct": base_reward > 0,
                  "train_key": np.full(m, "1", dtype=object), "test_reward": np.array([1, 0, 0, 0], dtype=np.float32),
-                 "test_correct": np.array([True, False, False, False]), "test_key": np.array(["a", "", "", ""], dtype=object)},
+                 "test_correct": np.array([True, False, False, False]),
+                 "test_key": np.array(["a", "", "", ""], dtype=object)},
         "selection": {"ranking": np.array(ranking, dtype=np.int64), "top_k": np.array(ks, dtype=np.int64)},
         "ensemble": {"selected": _ensemble(members, KEYS, CORRECT, ks),
                      "control": _ensemble(list(range(4)), KEYS[::-1], CORRECT[::-1], ks)},
-        "data": {"task": np.array("countdown", dtype=object), "train_ids": np.array([str(i) for i in range(m)], dtype=object),
+        "data": {"task": np.array("countdown", dtype=object),
+                 "train_ids": np.array([str(i) for i in range(m)], dtype=object),
                  "test_ids": np.array(["t0", "t1", "t2", "t3"], dtype=object)},
         "timing": {"rank": np.array([0, 1]), "hostname": np.array(["h0", "h1"], dtype=object),
                    "busy": np.array([30.0, 10.0]), "wait": np.array([0.5, 20.0]), "wall": np.array([31.0, 31.0]),
@@ -77,7 +80,7 @@ def make_results(out_dir, hits=(1, 2, 2, 3, 5, 4), base_hits=2, m=10, sigmas=Non
         group, name = path.split("/")
         tree[group][name] = value
     attrs = {"config": yaml.safe_dump(cfg), "world_size": 2, "task": "countdown", "population_size": n}
-    return results.write_results(str(out_dir), tree, attrs)
+    return RunFolder(str(out_dir)).write_results(tree, attrs)
 
 
 def run(*args):

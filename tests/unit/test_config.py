@@ -94,41 +94,65 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("overrides,field", BAD, ids=[b[0][0] for b in BAD])
-def test_bad_config_exits_2_with_one_line_and_keeps_results(base_cfg, overrides, field):
-    path, tmp = base_cfg
+def _finished_run(path, tmp):
+    """output.dir holds a finished run of the good config; returns a digest of its results file."""
+    from randopt_hpc.config import to_yaml
+
     out = tmp / "out"
     out.mkdir()
-    # a finished run of the good config lives in output.dir
-    (out / "run.yaml").write_text(yaml.safe_dump(yaml.safe_load(path.read_text())))
-    from randopt_hpc.config import to_yaml
     (out / "run.yaml").write_text(to_yaml(load_config(str(path))))
     (out / "results.h5").write_bytes(os.urandom(4096))
-    before = hashlib.sha256((out / "results.h5").read_bytes()).hexdigest()
+    return out, hashlib.sha256((out / "results.h5").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("overrides,field", BAD, ids=[b[0][0] for b in BAD])
+def test_bad_config_exits_2_with_one_line_and_keeps_results(base_cfg, overrides, field, capsys):
+    from randopt_hpc import run
+
+    path, tmp = base_cfg
+    out, before = _finished_run(path, tmp)
     overrides = [o.replace("{data}", str(tmp / "five.jsonl")) for o in overrides]
-    p = subprocess.run([sys.executable, "-m", "randopt_hpc.run", str(path), *overrides],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert p.returncode == 2, p.stderr
-    assert len(lines) == 1, p.stderr
-    assert field in lines[0]
+    assert run.main([str(path), *overrides]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("randopt_hpc: error: ") and field in lines[0], lines
     assert hashlib.sha256((out / "results.h5").read_bytes()).hexdigest() == before
 
 
-def test_missing_config_file_exits_2(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "randopt_hpc.run", str(tmp_path / "nope.yaml")],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert p.returncode == 2 and "no such file" in p.stderr
+@pytest.mark.parametrize("argv", [["population.size=3"], [], ["--help"]])
+def test_a_config_file_comes_first(argv, capsys):
+    from randopt_hpc import run
+
+    assert run.main(argv) == 2
+    assert capsys.readouterr().err.strip() == ("randopt_hpc: error: config: a config file comes first; usage: "
+                                               "python -m randopt_hpc.run CONFIG.yaml [key=value ...]")
 
 
-def test_finished_run_is_not_redone(base_cfg):
+def test_the_command_line_contract_in_a_real_process(base_cfg, tmp_path):
+    """The two things only a new interpreter shows: the exit status and stderr of `python -m`."""
     path, tmp = base_cfg
-    out = tmp / "out"
-    out.mkdir()
-    from randopt_hpc.config import to_yaml
-    (out / "run.yaml").write_text(to_yaml(load_config(str(path))))
-    (out / "results.h5").write_bytes(b"x" * 10)
-    p = subprocess.run([sys.executable, "-m", "randopt_hpc.run", str(path)], capture_output=True, text=True,
-                       cwd=ROOT, timeout=60)
-    assert p.returncode == 0 and "already finished" in p.stderr
-    assert (out / "results.h5").read_bytes() == b"x" * 10
+    out, before = _finished_run(path, tmp)
+    for args in ([str(path), "population.size=0"], [str(tmp_path / "nope.yaml")]):
+        p = subprocess.run([sys.executable, "-m", "randopt_hpc.run", *args], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert p.stdout == ""
+    assert "population.size: must be >= 1, got 0" in p.stderr or "no such file" in p.stderr
+    assert hashlib.sha256((out / "results.h5").read_bytes()).hexdigest() == before
+
+
+def test_finished_run_is_not_redone(base_cfg, capsys):
+    from randopt_hpc import run
+
+    path, tmp = base_cfg
+    out, before = _finished_run(path, tmp)
+    assert run.main([str(path)]) == 0
+    assert "already finished" in capsys.readouterr().err
+    assert hashlib.sha256((out / "results.h5").read_bytes()).hexdigest() == before
+
+
+def test_template_validation_is_the_tasks(base_cfg):
+    path, _ = base_cfg
+    cfg = load_config(str(path), ["task.name=countdown_qa", 'task.template="Q: use {numbers} and make {target} A:"'])
+    assert cfg.task.template == "Q: use {numbers} and make {target} A:"
+    with pytest.raises(ConfigError, match=r"^task.template: task countdown takes no prompt template$"):
+        load_config(str(path), ["task.template=x {numbers} {target}"])

@@ -15,7 +15,7 @@ import pytest
 
 from randopt_hpc.tasks import TASKS, get_task
 from randopt_hpc.tasks import countdown as cd
-from randopt_hpc.tasks.base import Example, Scored, has_tag_pair, last_tag_content
+from randopt_hpc.tasks.base import Example, Scored, has_tag_pair, last_tag_content, split_first_last
 
 DATA = Path(__file__).resolve().parents[3] / "shared/data/countdown.json"
 REAL_ROWS = 2200
@@ -110,7 +110,7 @@ def test_real_rows_become_examples_and_prompts_rebuild_exactly(real_rows):
 @pytest.mark.parametrize("text,value", [
     ("1 + 2", 3.0), ("((44 + 19) + 35)", 98.0), ("2 * 3 + 4", 10.0), ("2 + 3 * 4", 14.0),
     ("10 - 4 - 3", 3.0), ("48 / 4 / 2", 6.0), ("(1 + 2) / 3", 1.0), ("7 / 2", 3.5),
-    ("3 - 10", -7.0), ("\t1 +\n2 ", 3.0), ("0", 0.0), ("9999999999 * 100", 999999999900.0),
+    ("3 - 10", -7.0), ("0", 0.0), ("9999999999 * 100", 999999999900.0),
     ("(" * 32 + "1" + ")" * 32, 1.0),
 ])
 def test_evaluate_valid(text, value):
@@ -331,21 +331,29 @@ def test_bad_rows_raise_one_line_naming_row_and_field(row, field):
 
 def test_split_first_and_last():
     exs = cd.examples_from_records(cd.synthetic_records(10, 0))
-    train, test = cd.split(exs, 3, 4)
+    train, test = split_first_last(exs, 3, 4)
     assert train == exs[:3] and test == exs[-4:]
-    assert cd.split(exs, 6, 4) == (exs[:6], exs[6:])
-    assert cd.split(exs, 0, 0) == ([], [])
+    assert split_first_last(exs, 6, 4) == (exs[:6], exs[6:])
+    assert split_first_last(exs, 0, 0) == ([], [])
     with pytest.raises(ValueError, match=r"task\.train_size.*task\.test_size"):
-        cd.split(exs, 7, 4)
+        split_first_last(exs, 7, 4)
 
 
-def test_registry():
-    from randopt_hpc.tasks import countdown_qa
+def test_registry_gives_task_objects():
+    from randopt_hpc.tasks.countdown_qa import CountdownQA
 
-    assert TASKS == {"countdown": cd, "countdown_qa": countdown_qa} and get_task("countdown") is cd
+    assert TASKS == {"countdown": cd.Countdown, "countdown_qa": CountdownQA}
+    task = get_task("countdown")
+    assert isinstance(task, cd.Countdown) and task.name == "countdown" and not task.takes_template
+    rows = cd.synthetic_records(3, 1)
+    assert task.synthetic_records(3, 1) == rows and task.examples_from_records(rows) == cd.examples_from_records(rows)
+    ex = task.examples_from_records(rows)[0]
+    assert task.score(f"</think>\n<answer>{rows[0]['solution']}</answer>", ex).correct
     with pytest.raises(KeyError) as e:
         get_task("gsm8k")
     assert e.value.args[0] == "unknown task 'gsm8k'; valid: countdown, countdown_qa"
+    with pytest.raises(ValueError, match="takes no prompt template"):
+        get_task("countdown", template="{numbers} {target}")
 
 
 # --------------------------------------------------------------------------- synthetic data

@@ -18,7 +18,14 @@ def test_prompt_and_registry():
     ex = _example()
     assert ex.prompt == "Q: use 9 18 20 to make 182 A:"
     assert ex.response_prefix == "" and ex.numbers == (9, 18, 20) and ex.target == 182.0
-    assert get_task("countdown_qa") is countdown_qa
+    task = get_task("countdown_qa")
+    assert isinstance(task, countdown_qa.CountdownQA) and task.takes_template
+    assert task.examples_from_records([{"numbers": [9, 18, 20], "target": 182}]) == [ex]
+    worded = get_task("countdown_qa", template="Q: use {numbers} and make {target} A:")
+    assert worded.examples_from_records([{"numbers": [9, 18, 20], "target": 182}])[0].prompt == \
+        "Q: use 9 18 20 and make 182 A:"
+    with pytest.raises(ValueError, match="must hold"):
+        get_task("countdown_qa", template="Q: {numbers} only")
 
 
 @pytest.mark.parametrize("completion, reward, correct, key", [
@@ -116,7 +123,8 @@ def test_template_words_the_question_and_reaches_the_examples(tmp_path):
     assert countdown_qa.score(" 20+18*9", ex).correct
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = load_config(os.path.join(root, "configs", "demo.yaml"),
-                      [f"output.dir={tmp_path}", f"model.path={root}/models/demo", "task.train_size=2", "task.test_size=2"])
+                      [f"output.dir={tmp_path}", f"model.path={root}/models/demo", "task.train_size=2",
+                       "task.test_size=2"])
     train, test = load_examples(cfg)
     assert train[0].prompt.startswith("Q: use ") and " and make " in train[0].prompt
     assert [e.numbers for e in train] == [tuple(r["numbers"]) for r in countdown_qa.synthetic_records(4, 0)[:2]]

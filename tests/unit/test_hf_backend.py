@@ -8,8 +8,8 @@ from randopt_hpc.tasks import countdown
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_model):
-    return HFBackend(str(tiny_model), "float32", max_new_tokens=8, batch_size=3)
+def backend(random_model):
+    return HFBackend(str(random_model), "float32", max_new_tokens=8, batch_size=3)
 
 
 def _state(b):
@@ -31,6 +31,10 @@ def test_100_cycles_restore_bitwise(backend):
     base = _state(backend)
     for s in range(100):
         backend.perturb(s, 2e-2)
+        if s == 0:
+            assert not all(torch.equal(base[n], p) for n, p in _state(backend).items())
+            with pytest.raises(RuntimeError, match="twice without restore"):
+                backend.perturb(1, 2e-2)
         backend.restore()
     after = _state(backend)
     assert all(torch.equal(base[n], after[n]) for n in base)
@@ -46,8 +50,8 @@ def test_perturbation_changes_output_and_restore_brings_it_back(backend):
     assert backend.generate(ex) == before
 
 
-def test_include_exclude(tiny_model):
-    b = HFBackend(str(tiny_model), max_new_tokens=4, batch_size=2, include=[r"layers\.0\."], exclude=[r"norm"])
+def test_include_exclude(random_model):
+    b = HFBackend(str(random_model), max_new_tokens=4, batch_size=2, include=[r"layers\.0\."], exclude=[r"norm"])
     assert b.names and all("layers.0." in n and "norm" not in n for n in b.names)
     base = _state(b)
     b.perturb(3, 1e-2)
@@ -55,11 +59,11 @@ def test_include_exclude(tiny_model):
     changed = {n for n in base if not torch.equal(base[n], now[n])}
     assert changed == set(b.names)
     with pytest.raises(ValueError, match="select no weight"):
-        HFBackend(str(tiny_model), max_new_tokens=4, batch_size=2, include=["nothing-matches"])
+        HFBackend(str(random_model), max_new_tokens=4, batch_size=2, include=["nothing-matches"])
 
 
-def test_bf16_perturb_is_computed_in_f32_from_base(tiny_model):
-    b = HFBackend(str(tiny_model), "bfloat16", max_new_tokens=4, batch_size=2)
+def test_bf16_perturb_is_computed_in_f32_from_base(random_model):
+    b = HFBackend(str(random_model), "bfloat16", max_new_tokens=4, batch_size=2)
     name = b.names[1]
     p = dict(b.model.named_parameters())[name]
     base = p.detach().clone()
@@ -68,3 +72,9 @@ def test_bf16_perturb_is_computed_in_f32_from_base(tiny_model):
     assert torch.equal(p.detach(), expected)
     b.restore()
     assert torch.equal(p.detach(), base)
+    # In bfloat16, undoing the noise by subtraction would leave many weights a step off; the copy does not.
+    before = _state(b)
+    for seed in range(20):
+        b.perturb(seed, 5e-2)
+        b.restore()
+    assert all(torch.equal(before[n], t) for n, t in _state(b).items())

@@ -6,17 +6,21 @@ import sys
 
 import pytest
 
-from randopt_hpc import results, status
+from randopt_hpc import status
+from randopt_hpc.records import Answers, CandidateRecord
+from randopt_hpc.runfolder import RunFolder
 
 
 def _folder(tmp_path, n=10):
-    (tmp_path / results.RUN_YAML).write_text(f"population:\n  size: {n}\n")
+    folder = RunFolder(str(tmp_path))
+    (tmp_path / "run.yaml").write_text(f"population:\n  size: {n}\n")
+    answers = Answers(rewards=(1.1,), correct=(True,), keys=("3.00000",), answers=("1+2",), texts=None)
     for rank, items in ((0, [(0, 1.0), (2, 1.0), (4, 2.0)]), (1, [(1, 0.5)])):
-        shard = results.Shard(str(tmp_path), rank)
+        shard = folder.writer(rank)
         for i, secs in items:
-            shard.append({"type": "candidate", "index": i, "seconds": secs, "rank": rank})
+            shard.append(CandidateRecord(index=i, seed=i, sigma=1e-3, answers=answers, rank=rank, seconds=secs))
         shard.close()
-    with open(results.shard_path(str(tmp_path), 1), "a") as f:
+    with open(folder.shard_path(1), "a") as f:
         f.write('{"type":"candidate","index":3,')      # a rank killed mid-write
     return tmp_path
 

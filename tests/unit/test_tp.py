@@ -72,6 +72,78 @@ def test_shards_cover_each_checkpoint_tensor(s, size):
         assert set(counts) == {want}, (name, size, sorted(set(counts)))
 
 
+# The layouts below are written out by hand from vLLM's loaders, not derived from tp.pieces: the other
+# tests compare tp.assemble with itself, so only these pin which rank holds which rows. Shape: hidden 64,
+# 8 query heads of head_dim 8, intermediate 96, vocabulary 130 (padded to 192); a head is 8 rows.
+Q_ROWS = {2: [(0, 32), (32, 64)], 4: [(0, 16), (16, 32), (32, 48), (48, 64)],
+          8: [(0, 8), (8, 16), (16, 24), (24, 32), (32, 40), (40, 48), (48, 56), (56, 64)]}
+# (kv_heads, tp_size) -> k_proj rows (= v_proj rows) per rank. Fewer heads than ranks: vLLM's
+# shard_rank = tp_rank // (tp_size // kv_heads), so a head's replicas sit on consecutive ranks.
+KV_ROWS = {(8, 2): [(0, 32), (32, 64)], (8, 4): [(0, 16), (16, 32), (32, 48), (48, 64)],
+           (2, 2): [(0, 8), (8, 16)], (2, 4): [(0, 8), (0, 8), (8, 16), (8, 16)],
+           (1, 2): [(0, 8), (0, 8)], (1, 4): [(0, 8), (0, 8), (0, 8), (0, 8)],
+           (2, 8): [(0, 8), (0, 8), (0, 8), (0, 8), (8, 16), (8, 16), (8, 16), (8, 16)],
+           (4, 8): [(0, 8), (0, 8), (8, 16), (8, 16), (16, 24), (16, 24), (24, 32), (24, 32)]}
+# Rows of gate_proj and up_proj, and columns of down_proj, on each rank (intermediate 96).
+INTER = {2: [(0, 48), (48, 96)], 4: [(0, 24), (24, 48), (48, 72), (72, 96)]}
+O_COLS = {2: [(0, 32), (32, 64)], 4: [(0, 16), (16, 32), (32, 48), (48, 64)]}
+# Vocabulary rows on each rank and the zero padding rows after them: 192 / tp_size rows a rank.
+VOCAB = {1: [((0, 130), 62)], 2: [((0, 96), 0), ((96, 130), 62)],
+         4: [((0, 48), 0), ((48, 96), 0), ((96, 130), 14), ((130, 130), 48)]}
+
+
+def _hand_shape(kv_heads=2, tie=False):
+    return tp.LlamaShape(hidden=64, intermediate=96, heads=8, kv_heads=kv_heads, head_dim=8, vocab=130, tie=tie)
+
+
+def _hand_tensors(kv_heads=2) -> dict:
+    """Checkpoint tensors with shapes typed in; element (row, col) of tensor i is i * 1e6 + row * 1000 + col."""
+    a, m = LAYER + "self_attn.", LAYER + "mlp."
+    shapes = {a + "q_proj.weight": (64, 64), a + "k_proj.weight": (8 * kv_heads, 64),
+              a + "v_proj.weight": (8 * kv_heads, 64), a + "o_proj.weight": (64, 64),
+              m + "gate_proj.weight": (96, 64), m + "up_proj.weight": (96, 64), m + "down_proj.weight": (64, 96),
+              "model.embed_tokens.weight": (130, 64), "lm_head.weight": (130, 64), "model.norm.weight": (64,)}
+    out = {}
+    for i, (name, shape) in enumerate(shapes.items(), 1):
+        rows = torch.arange(shape[0], dtype=torch.float64)
+        out[name] = i * 1e6 + (rows * 1000 if len(shape) == 1 else rows[:, None] * 1000 + torch.arange(shape[1]))
+    return out
+
+
+@pytest.mark.parametrize(("kv", "size"), sorted(KV_ROWS))
+def test_qkv_rows_of_each_rank_by_hand(kv, size):
+    t, a = _hand_tensors(kv), LAYER + "self_attn."
+    q, k, v = t[a + "q_proj.weight"], t[a + "k_proj.weight"], t[a + "v_proj.weight"]
+    for rank, ((q0, q1), (k0, k1)) in enumerate(zip(Q_ROWS[size], KV_ROWS[kv, size], strict=True)):
+        got = _assemble(a + "qkv_proj.weight", _hand_shape(kv), rank, size, t)
+        assert torch.equal(got, torch.cat([q[q0:q1], k[k0:k1], v[k0:k1]])), (kv, size, rank)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_mlp_o_proj_and_norm_of_each_rank_by_hand(size):
+    t, s, a, m = _hand_tensors(), _hand_shape(), LAYER + "self_attn.", LAYER + "mlp."
+    for rank, ((i0, i1), (c0, c1)) in enumerate(zip(INTER[size], O_COLS[size], strict=True)):
+        gate_up = _assemble(m + "gate_up_proj.weight", s, rank, size, t)
+        assert torch.equal(gate_up, torch.cat([t[m + "gate_proj.weight"][i0:i1], t[m + "up_proj.weight"][i0:i1]]))
+        # Row-parallel layers split the input dimension: every output row, a band of columns.
+        assert torch.equal(_assemble(m + "down_proj.weight", s, rank, size, t), t[m + "down_proj.weight"][:, i0:i1])
+        assert torch.equal(_assemble(a + "o_proj.weight", s, rank, size, t), t[a + "o_proj.weight"][:, c0:c1])
+        assert torch.equal(_assemble("model.norm.weight", s, rank, size, t), t["model.norm.weight"])
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("size", sorted(VOCAB))
+def test_vocab_rows_of_each_rank_by_hand(size, tie):
+    t, s = _hand_tensors(), _hand_shape(tie=tie)
+    if tie:   # a tied lm_head must not read a checkpoint lm_head, so there is none to read
+        del t["lm_head.weight"]
+    for param in ("model.embed_tokens.weight", "lm_head.weight"):
+        src = t["lm_head.weight" if param == "lm_head.weight" and not tie else "model.embed_tokens.weight"]
+        for rank, ((r0, r1), pad) in enumerate(VOCAB[size]):
+            want = torch.cat([src[r0:r1], torch.zeros(pad, 64, dtype=torch.float64)])
+            assert torch.equal(_assemble(param, s, rank, size, t), want), (param, size, rank)
+
+
 @pytest.mark.parametrize("size", [1, 2, 4])
 @pytest.mark.parametrize("s", SHAPES[:2], ids=lambda s: f"kv{s.kv_heads}-vocab{s.vocab}")
 def test_shard_noise_is_the_canonical_noise(s, size):

@@ -1,0 +1,47 @@
+"""Evaluating one model on a list of examples: perturb → generate → score → restore, timed by phase.
+
+The one place a candidate is evaluated: run() and bench/bench_candidate.py both use it.
+"""
+from __future__ import annotations
+
+import time
+
+from randopt_hpc.population import Candidate
+from randopt_hpc.progress import Timer
+from randopt_hpc.records import Answers, BaseRecord, CandidateRecord, MemberRecord
+
+
+class Evaluator:
+    def __init__(self, backend, task, timer: Timer | None = None, keep_text: bool = False):
+        self.backend, self.task = backend, task
+        self.timer = timer or Timer()
+        self.keep_text = keep_text     # output.save_text: raw completions of candidates and members
+
+    def answers(self, examples, cand: Candidate | None = None, keep_text: bool | None = None) -> Answers:
+        """Greedy answers of the base model (cand None) or of a perturbed candidate, scored."""
+        t = self.timer
+        if cand is not None:
+            with t("perturb"):
+                self.backend.perturb(cand.seed, cand.sigma)
+        with t("generate"):
+            texts = self.backend.generate(examples)
+        with t("score"):
+            scored = [self.task.score(x, ex) for x, ex in zip(texts, examples)]
+        if cand is not None:
+            with t("restore"):
+                self.backend.restore()
+        return Answers.from_scored(texts, scored, self.keep_text if keep_text is None else keep_text)
+
+    def candidate(self, cand: Candidate, train, rank: int) -> CandidateRecord:
+        t0 = time.perf_counter()
+        answers = self.answers(train, cand)
+        self.timer.count("candidates")
+        return CandidateRecord(index=cand.index, seed=cand.seed, sigma=cand.sigma, answers=answers, rank=rank,
+                               seconds=time.perf_counter() - t0)
+
+    def member(self, cand: Candidate, test) -> MemberRecord:
+        return MemberRecord(index=cand.index, answers=self.answers(test, cand))
+
+    def base(self, split: str, examples) -> BaseRecord:
+        # One model: its raw completions are always kept.
+        return BaseRecord(split=split, answers=self.answers(examples, keep_text=True))
