@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 EXIT_PREEMPTED = 75   # EX_TEMPFAIL: stopped on request at a candidate boundary; rerun or requeue to resume
+EXIT_INTERRUPTED = 130   # the shell's code for Ctrl-C: stopped at a boundary as for SIGTERM, but not requeued
 
 
 class Preempted(Exception):
@@ -32,18 +33,29 @@ class StopFlag:
             raise Preempted(f"{self.received} received; stopped before {where}")
 
 
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 
 
 def install_signals(flag: StopFlag) -> StopFlag:
-    """SIGTERM (Slurm's preemption and time limit), SIGUSR1 (`sbatch --signal=USR1@...`) and SIGUSR2
-    (submitit's warning signal) set the flag. Installed after submitit's own handlers, so they replace
-    its requeue-now."""
+    """SIGTERM (Slurm's preemption and time limit), SIGUSR1 (`sbatch --signal=USR1@...`), SIGUSR2
+    (submitit's warning signal) and SIGINT (Ctrl-C) set the flag. Installed after submitit's own handlers,
+    so they replace its requeue-now. A second Ctrl-C does not wait for the boundary: KeyboardInterrupt."""
     import signal
 
+    def note(signum, frame):
+        name = signal.Signals(signum).name
+        if name == "SIGINT" and flag.received == "SIGINT":
+            raise KeyboardInterrupt
+        flag.request(name)
+
     for name in STOP_SIGNALS:
-        signal.signal(getattr(signal, name), lambda signum, frame: flag.request(signal.Signals(signum).name))
+        signal.signal(getattr(signal, name), note)
     return flag
+
+
+def exit_code(stop: StopFlag) -> int:
+    """What a run stopped at a boundary exits with: 130 after Ctrl-C (a person asked; no requeue), else 75."""
+    return EXIT_INTERRUPTED if stop.received == "SIGINT" else EXIT_PREEMPTED
 
 
 class SerialComm:
@@ -55,6 +67,9 @@ class SerialComm:
 
     def gather(self, obj: Any, root: int = 0) -> list:
         return [obj]
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
 
     def barrier(self) -> None:
         pass
@@ -81,6 +96,9 @@ class MPIComm:
 
     def gather(self, obj: Any, root: int = 0) -> list | None:
         return self._c.gather(obj, root=root)
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return self._c.bcast(obj, root=root)
 
     def barrier(self) -> None:
         self._c.Barrier()

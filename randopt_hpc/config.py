@@ -56,8 +56,8 @@ class TaskConfig:
                 raise ConfigError(f"task.template: {e}") from None
         if self.data is not None and paths:
             _require(os.path.isfile(self.data), "task.data", f"no such file: {self.data}")
-        _require(self.train_size >= 1, "task.train_size", f"must be >= 1, got {self.train_size}")
-        _require(self.test_size >= 1, "task.test_size", f"must be >= 1, got {self.test_size}")
+        _within("task.train_size", self.train_size, 1, MAX_EXAMPLES)
+        _within("task.test_size", self.test_size, 1, MAX_EXAMPLES)
         _require(self.seed >= 0, "task.seed", f"must be >= 0, got {self.seed}")
 
 
@@ -71,7 +71,7 @@ class PopulationConfig:
     exclude: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        _require(self.size >= 1, "population.size", f"must be >= 1, got {self.size}")
+        _within("population.size", self.size, 1, MAX_POPULATION)
         _require(0 <= self.seed < 2**63, "population.seed", f"must be in [0, 2**63), got {self.seed}")
         _require(len(self.sigmas) >= 1, "population.sigmas", "must list at least one sigma")
         for s in self.sigmas:
@@ -104,8 +104,8 @@ class GenerationConfig:
     batch_size: int = 64
 
     def validate(self) -> None:
-        _require(self.max_new_tokens >= 1, "generation.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        _require(self.batch_size >= 1, "generation.batch_size", f"must be >= 1, got {self.batch_size}")
+        _within("generation.max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        _within("generation.batch_size", self.batch_size, 1, MAX_BATCH)
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class RuntimeConfig:
 
     def validate(self) -> None:
         _choice("runtime.comm", self.comm, ("auto", "mpi", "serial"))
-        _require(self.threads >= 1, "runtime.threads", f"must be >= 1, got {self.threads}")
+        _within("runtime.threads", self.threads, 1, MAX_THREADS)
         _require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "runtime.device",
                  f"must be cpu, cuda or cuda:N, got {self.device!r}")
         _choice("runtime.noise_impl", self.noise_impl, ("auto", "torch", "numba"))
@@ -198,6 +198,20 @@ NON_RESULT_FIELDS = ("output.dir", "output.overwrite", "runtime.comm", "runtime.
                      "runtime.noise_impl", "runtime.stage_dir", "runtime.stop_grace_s")
 
 
+# Bounds checked before any work: a value past them is a typo or an attack, and would otherwise cost hours,
+# gigabytes or a crash before anything else is said (the paper's largest N is 5000, its splits 200/2000).
+MAX_POPULATION = 1_000_000
+MAX_EXAMPLES = 1_000_000
+MAX_NEW_TOKENS = 1_000_000
+MAX_BATCH = 100_000
+MAX_THREADS = 4096
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _within(name: str, value: int, lo: int, hi: int) -> None:
+    _require(lo <= value <= hi, name, f"must be in [{lo}, {hi:,}], got {value:,}")
+
+
 def _require(ok: bool, name: str, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {problem}")
@@ -228,6 +242,8 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:
+                raise ConfigError(f"{name}: {str(value)[:20]}... is out of range (|value| < 2**63)")
             return value
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
             return int(value)   # 1e3 written for an int
@@ -263,6 +279,48 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: `*name` expands a node by reference, and a few hundred bytes of nested aliases
+    expand to billions of nodes before any key could be checked. Configs have no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str, what: str):
+    """YAML text -> plain data, or a one-line ConfigError naming `what` (size, aliases, nesting, numbers)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what}: {len(text):,} characters of YAML; at most {MAX_CONFIG_BYTES:,} are read")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)   # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{what}: not valid YAML{where}: {' '.join(str(problem).split())[:160]}") from None
+    except RecursionError:
+        raise ConfigError(f"{what}: YAML nested too deeply") from None
+    except ValueError as e:   # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{what}: {' '.join(str(e).split())[:160]}") from None
+
+
+def read_yaml_file(path: str, what: str):
+    """A YAML file -> plain data; what cannot be read is a one-line ConfigError naming `what` and the path."""
+    try:
+        if os.path.getsize(path) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{what}: {path} is {os.path.getsize(path):,} bytes; a YAML file of at most "
+                              f"{MAX_CONFIG_BYTES:,} bytes is read")
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+    return read_yaml(text, f"{what}: {path}")
+
+
 def from_dict(data: dict) -> Config:
     """A Config from a plain mapping (e.g. a run folder's run.yaml), not yet validated."""
     return _build(Config, data, "")
@@ -276,10 +334,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise ConfigError(f"{key or '(empty)'}: not a dotted config key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{key}: cannot parse value {raw!r}: {str(e).splitlines()[0]}") from None
+    value = read_yaml(raw, key) if raw.strip() else ""
     return key.split("."), _floats_in(value)
 
 
@@ -303,11 +358,7 @@ def load_config(path: str | None, overrides: list[str] = (), check_paths: bool =
     if path is not None:
         if not os.path.isfile(path):
             raise ConfigError(f"config: no such file: {path}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = read_yaml_file(path, "config") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config: {path} must hold a mapping at the top level")
         data = _floats_in(data)

@@ -2,25 +2,42 @@
 from __future__ import annotations
 
 import json
+import os
 
 from randopt_hpc.config import ConfigError
 
+MAX_DATA_BYTES = 4 << 30   # a data file is read whole; past this it is certainly not a task's split
+
 
 def read_records(path: str) -> list[dict]:
+    """Rows of a data file; anything hostile (not UTF-8, nesting past the parser's depth, integers of more
+    digits than Python converts, no objects) is a one-line ConfigError naming the file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"task.data: cannot read {path}: {e}") from None
-    stripped = text.lstrip()
+        if os.path.getsize(path) > MAX_DATA_BYTES:
+            raise ConfigError(f"task.data: {path} is larger than {MAX_DATA_BYTES >> 30} GiB")
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"task.data: {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"task.data: cannot read {path}: {e.strerror or e}") from None
     try:
-        if stripped.startswith("["):
+        if text.lstrip().startswith("["):
             rows = json.loads(text)
         else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"task.data: {path} is neither a JSON list nor JSON lines: {e}") from None
-    if not rows or not all(isinstance(r, dict) for r in rows):
+            rows = []
+            for number, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as e:   # JSONDecodeError, and integers past Python's digit limit
+                        raise ValueError(f"line {number}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"task.data: {path} is nested too deeply") from None
+    except ValueError as e:   # JSONDecodeError, and integers past Python's digit limit
+        raise ConfigError(f"task.data: {path} is neither a JSON list nor JSON lines: "
+                          f"{' '.join(str(e).split())[:160]}") from None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise ConfigError(f"task.data: {path} must hold a non-empty list of objects")
     return rows
 
@@ -32,6 +49,9 @@ def load_examples(cfg) -> tuple[list, list]:
 
     task = get_task(cfg.task.name, template=cfg.task.template)
     n = cfg.task.train_size + cfg.task.test_size
+    if not cfg.task.data and task.synthetic_limit is not None and n > task.synthetic_limit:
+        raise ConfigError(f"task.test_size: task.train_size + task.test_size = {n:,} but task {task.name} has "
+                          f"{task.synthetic_limit:,} distinct synthetic problems; ask for fewer, or give task.data")
     records = read_records(cfg.task.data) if cfg.task.data else task.synthetic_records(n, cfg.task.seed)
     try:
         train, test = split_first_last(task.examples_from_records(records), cfg.task.train_size, cfg.task.test_size)

@@ -18,27 +18,45 @@ _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_
 _LOCAL_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
 
 
+# Where RANDOPT_FAULT=rank:R:kill:POINT makes rank R kill itself (SIGKILL) half-way through a write.
+KILL_POINTS = ("run.yaml", "shard", "results.h5")
+
+
 @dataclass(frozen=True)
 class Fault:
-    """RANDOPT_FAULT=rank:R:candidate:C, a thin adapter for subprocess tests of the abort path: rank R
-    raises when it starts candidate C. In-process tests pass a hook to run() instead."""
+    """RANDOPT_FAULT, a thin adapter for subprocess tests of the failure paths (in-process tests pass hooks
+    instead): `rank:R:candidate:C` makes rank R raise when it starts candidate C (the abort path);
+    `rank:R:kill:POINT` makes rank R die by SIGKILL in the middle of writing POINT (one of KILL_POINTS)."""
     rank: int
-    candidate: int
+    candidate: int | None = None
+    kill: str | None = None
 
     @staticmethod
     def parse(text: str | None) -> Fault | None:
         if not text:
             return None
         parts = text.split(":")
-        if len(parts) != 4 or parts[0] != "rank" or parts[2] != "candidate" \
-                or not parts[1].isdigit() or not parts[3].isdigit():
-            raise ValueError(f"RANDOPT_FAULT: expected rank:R:candidate:C, got {text!r}")
-        return Fault(int(parts[1]), int(parts[3]))
+        if len(parts) == 4 and parts[0] == "rank" and parts[1].isdigit():
+            if parts[2] == "candidate" and parts[3].isdigit():
+                return Fault(int(parts[1]), candidate=int(parts[3]))
+            if parts[2] == "kill" and parts[3] in KILL_POINTS:
+                return Fault(int(parts[1]), kill=parts[3])
+        raise ValueError(f"RANDOPT_FAULT: expected rank:R:candidate:C or rank:R:kill:{{{','.join(KILL_POINTS)}}}, "
+                         f"got {text!r}")
 
     def hook(self, rank: int, index: int) -> None:
         """run()'s on_candidate hook."""
         if rank == self.rank and index == self.candidate:
             raise RuntimeError(f"RANDOPT_FAULT: injected failure at candidate {index}")
+
+    def install(self, rank: int) -> None:
+        """Arm the kill point on its rank (randopt_hpc.atomic.reach is called half-way through each write)."""
+        if self.kill and rank == self.rank:
+            import signal
+
+            from randopt_hpc import atomic
+
+            atomic.install_fault(f"write:{self.kill}", lambda: os.kill(os.getpid(), signal.SIGKILL))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,25 @@ from randopt_hpc.runfolder import FINISHED, LAUNCH_YAML, RunFolder
 
 SITE_KEYS = ("SRUN_MPI", "MODULES", "SETUP", "STAGE_DIR", "PARTITION", "OVERCOMMIT")
 
+# What reaches the batch script, and how (tests/unit/test_launch.py runs the generated lines with bash):
+# - --python: one executable, written as one shell word (shlex.quote) on the srun line (submitit's `python`)
+#   and on the requeue line; no shell expansion (no ~, no $VAR), no multi-word commands.
+# - #SBATCH values (--job-name, --account, --partition and a site's PARTITION, --qos, the folder in
+#   --output/--error): submitit shlex-quotes them, but sbatch reads #SBATCH lines with its own parser, not
+#   bash: Slurm 22.05 takes single quotes yet drops backslashes, and a newline, even quoted, ends the
+#   #SBATCH line and starts one that bash runs. So these must need no quoting at all (what shlex.quote leaves
+#   as it is) and are refused otherwise, before anything is written or submitted. The folder may not hold %
+#   either: Slurm expands %-patterns in --output and submitit its own %j.
+# - srun words (the folder, a site's SRUN_MPI): quoted by submitit (shlex.quote of every word).
+# - MODULES and SETUP of a site profile are shell by design (`module load MODULES`, SETUP as a line): the
+#   profiles ship inside the package and are trusted like its code.
+# - CONFIG, OVERRIDES, --sweep, output.dir and STAGE_DIR never reach the script: they go into the resolved
+#   YAML config that each job reads (FOLDER/configs/NNN.yaml, path pickled by submitit).
+_SBATCH_SAFE = re.compile(r"[\w@%+=:,./-]+", re.ASCII)
+_FOLDER_SAFE = re.compile(r"[\w@+=:,./-]+", re.ASCII)
+_SBATCH_CHARS = "letters, digits and _@%+=:,./-"
+_FOLDER_CHARS = "letters, digits and _@+=:,./-"
+
 
 def _sites():
     # Read through importlib.resources, not a path beside the source: the package may be a wheel install.
@@ -64,6 +83,9 @@ class Site:
                 raise ConfigError(f"{where}:{n}: expected KEY=value with KEY one of {', '.join(SITE_KEYS)}")
             words = shlex.split(raw, comments=True)
             values[key.lower()] = " ".join(words)
+        if values.get("partition") and not _SBATCH_SAFE.fullmatch(values["partition"]):
+            raise ConfigError(f"{where}: PARTITION={values['partition']!r} would be written into an #SBATCH line, "
+                              f"which takes no shell quoting: use {_SBATCH_CHARS} only")
         values["overcommit"] = values.get("overcommit", "0") not in ("", "0", "false", "no")
         return Site(name=name, **values)
 
@@ -77,6 +99,31 @@ def _site_option(ctx, param, name: str) -> Site:
         return Site.load(name)
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def _sbatch_option(ctx, param, value: str) -> str:
+    """--job-name, --account, --partition, --qos: written into #SBATCH lines (see _SBATCH_SAFE)."""
+    if (value or param.name == "job_name") and not _SBATCH_SAFE.fullmatch(value):
+        raise click.BadParameter(f"{value!r} would be written into an #SBATCH line, which takes no shell quoting: "
+                                 f"use {_SBATCH_CHARS} only")
+    return value
+
+
+def _python_option(ctx, param, value: str | None) -> str:
+    """--python as the shell word the script runs: one executable, quoted [this interpreter]."""
+    if value is None:
+        value = sys.executable
+    if not value.strip():
+        raise click.BadParameter("an empty name; give the compute nodes' Python executable")
+    return shlex.quote(value)
+
+
+def check_folder(folder: str, given: bool) -> None:
+    """The submitit folder goes into #SBATCH --output/--error: refuse what sbatch could not read back."""
+    if not _FOLDER_SAFE.fullmatch(folder):
+        option = "--folder" if given else "--folder (default OUTPUT.DIR/slurm, from output.dir)"
+        raise ConfigError(f"{option}: {folder!r} would be written into #SBATCH lines, which take no shell quoting: "
+                          f"use a folder whose path has {_FOLDER_CHARS} only (--folder sets it apart from output.dir)")
 
 
 def parse_sweep(items: tuple[str, ...]) -> list[list[str]]:
@@ -150,8 +197,9 @@ class RunJob:
 
 
 def executor_parameters(site: Site, opts: dict, python: str) -> dict:
-    """submitit's SlurmExecutor.update_parameters for these jobs; PYTHON is the compute nodes' interpreter."""
-    setup = []
+    """submitit's SlurmExecutor.update_parameters for these jobs; PYTHON is the compute nodes' interpreter
+    as one shell word (already quoted: --python's value)."""
+    setup = []   # MODULES and SETUP are shell by design: site profiles are package files, trusted like the code
     if site.modules:
         setup.append(f"module load {site.modules}")
     if site.setup:
@@ -191,27 +239,32 @@ def executor_parameters(site: Site, opts: dict, python: str) -> dict:
 @click.option("--gpus-per-task", default=1, show_default=True, type=click.IntRange(0))
 @click.option("--cpus-per-task", default=72, show_default=True, type=click.IntRange(1))
 @click.option("--time", default=240, show_default=True, type=click.IntRange(1), help="Time limit, minutes.")
-@click.option("--partition", default="", help="Slurm partition (default: the site's, else Slurm's).")
-@click.option("--account", default="")
-@click.option("--qos", default="")
-@click.option("--job-name", default="randopt", show_default=True)
+@click.option("--partition", default="", callback=_sbatch_option,
+              help="Slurm partition (default: the site's, else Slurm's).")
+@click.option("--account", default="", callback=_sbatch_option)
+@click.option("--qos", default="", callback=_sbatch_option)
+@click.option("--job-name", default="randopt", show_default=True, callback=_sbatch_option)
 @click.option("--signal-delay", default=180, show_default=True, type=click.IntRange(1),
               help="Seconds before the time limit when ranks are told to stop at a candidate boundary.")
 @click.option("--max-requeues", default=10, show_default=True, type=click.IntRange(0),
               help="How often a stopped (preempted or timed-out) job requeues itself.")
 @click.option("--array-parallelism", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--folder", default="", help="submitit folder for scripts, pickles and logs [OUTPUT.DIR/slurm].")
-@click.option("--python", "python", default=None, help="Interpreter on the compute nodes [this one].")
+@click.option("--folder", default="", help="submitit folder for scripts, pickles and logs [OUTPUT.DIR/slurm]; "
+              "its path may hold only letters, digits and _@+=:,./- (it goes into #SBATCH lines).")
+@click.option("--python", "python", default=None, callback=_python_option,
+              help="The compute nodes' Python: one executable (a path or a name on PATH), written into the batch "
+                   "script as one quoted word, so no ~ or $VAR expansion; for a container, give a wrapper script "
+                   "that execs python inside it [this interpreter].")
 @click.option("--dry-run", is_flag=True, help="Print the batch script and the jobs; submit nothing (no Slurm needed).")
 @click.option("--wait", is_flag=True, help="Wait for every job and exit non-zero if any failed.")
 def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
     """Submit CONFIG (with key=value OVERRIDES) as one Slurm job, or a sweep as a job array."""
     try:
         base, root, points = resolve_points(config, overrides, sweep, site, check_paths=not dry_run)
+        given, folder = bool(folder), os.path.abspath(folder or os.path.join(root, "slurm"))
+        check_folder(folder, given)
     except ConfigError as e:
         raise SystemExit(_fail(str(e))) from None
-    folder = os.path.abspath(folder or os.path.join(root, "slurm"))
-    python = python or shlex.quote(sys.executable)
     params = executor_parameters(site, opts, python)
     ranks = opts["nodes"] * opts["tasks_per_node"]
     where = [os.path.join(cfg.output.dir, "results.h5") for _, cfg in points]
@@ -301,9 +354,16 @@ with ex.batch():
 def dry_run_script(folder: str, params: dict, python: str, n_jobs: int) -> str:
     """The batch script that submitting n_jobs with these parameters would write into FOLDER (an array
     when n_jobs > 1), through submitit's public submission path into a temporary folder whose name is
-    then replaced by FOLDER; nothing is written anywhere else."""
+    then replaced by FOLDER; nothing is written anywhere else. Neither name needs shell quoting (FOLDER
+    passed check_folder), so submitit writes both as they are and the plain text replacement prints what a
+    real submission would write."""
+    if not _FOLDER_SAFE.fullmatch(folder):
+        raise RuntimeError(f"--dry-run: {folder!r} cannot be written into #SBATCH lines (see check_folder)")
     with tempfile.TemporaryDirectory(prefix="randopt-dry-run-") as tmp:
         stand_ins, script, fake = os.path.join(tmp, "bin"), os.path.join(tmp, "script.sh"), os.path.join(tmp, "s")
+        if not _FOLDER_SAFE.fullmatch(fake):
+            raise RuntimeError(f"--dry-run: the temporary folder {tmp!r} would be quoted in the script and printed "
+                               f"unlike FOLDER; point TMPDIR at a path with {_FOLDER_CHARS} only")
         os.mkdir(stand_ins)
         # Only this interpreter and shell builtins: PATH may hold nothing else (and no Slurm at all).
         keep = "import shutil, sys; shutil.copyfile(sys.argv[1], sys.argv[2]); print('Submitted batch job 1')"

@@ -49,6 +49,20 @@ def population(global_seed: int, n: int, sigmas: tuple[float, ...], assignment: 
     return [candidate(global_seed, i, n, sigmas, assignment) for i in range(n)]
 
 
+class Population:
+    """population() without building it: candidate i is computed when asked for, so a rank touches only
+    its own slice and the ensemble members."""
+
+    def __init__(self, global_seed: int, n: int, sigmas: tuple[float, ...], assignment: str):
+        self.global_seed, self.n, self.sigmas, self.assignment = global_seed, n, tuple(sigmas), assignment
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Candidate:
+        return candidate(self.global_seed, index, self.n, self.sigmas, self.assignment)
+
+
 def owned(indices, rank: int = 0, size: int = 1) -> list[int]:
     """The strided slice rank `rank` of `size` evaluates: every i with i mod size == rank."""
     return [i for i in indices if i % size == rank]

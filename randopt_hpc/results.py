@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from randopt_hpc import atomic
 from randopt_hpc.version import SCHEMA_VERSION
 
 
@@ -31,13 +32,20 @@ def write_results(final: str, tree: dict, attrs: dict) -> str:
     """Write {group: {name: array}} and root attributes to `final` atomically."""
     import h5py
 
-    tmp = f"{final}.tmp-{os.getpid()}"
-    with h5py.File(tmp, "w") as f:
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        for k, v in attrs.items():
-            f.attrs[k] = v if not isinstance(v, (dict, list)) else json.dumps(v)
-        _write_tree(f, tree)
-    os.replace(tmp, final)
+    tmp = atomic.temp_name(final)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            for k, v in attrs.items():
+                f.attrs[k] = v if not isinstance(v, (dict, list)) else json.dumps(v)
+            _write_tree(f, tree)
+            f.flush()
+            atomic.reach("write:results.h5")
+        atomic.publish(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return final
 
 
@@ -76,3 +84,38 @@ def check_schema(f, path: str) -> None:
     v = f.attrs.get("schema_version")
     if v is None or int(v) != SCHEMA_VERSION:
         raise ValueError(f"{path}: results schema version {v}, this reader understands {SCHEMA_VERSION}")
+
+
+def damage(path: str, cfg) -> str | None:
+    """Why the results file at `path` cannot stand for a finished run of cfg (None: it can). It must open,
+    carry this schema and cfg's fingerprint, and its datasets must have the shapes cfg implies; a file
+    torn by a crash, emptied by a full disk or written by another config is rebuilt from the shards."""
+    import h5py
+
+    from randopt_hpc.config import fingerprint_hash
+
+    try:
+        if not h5py.is_hdf5(path):
+            return "not an HDF5 file"
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("schema_version") != SCHEMA_VERSION:
+                return f"schema version {f.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+            if f.attrs.get("config_fingerprint") != fingerprint_hash(cfg):
+                return "written for another config"
+            n, m, t = cfg.population.size, cfg.task.train_size, cfg.task.test_size
+            k, nk = max(cfg.selection.top_k), len(cfg.selection.top_k)
+            want = {"population/seed": (n,), "population/train_score": (n,), "population/train_reward": (n, m),
+                    "population/train_key": (n, m), "base/train_correct": (m,), "base/test_correct": (t,),
+                    "selection/ranking": (n,), "selection/top_k": (nk,), "ensemble/selected/members": (k,),
+                    "ensemble/selected/test_key": (k, t), "ensemble/selected/voted_correct": (nk, t)}
+            if cfg.selection.control:
+                want.update({"ensemble/control/members": (k,), "ensemble/control/voted_correct": (nk, t)})
+            for name, shape in want.items():
+                if name not in f:
+                    return f"{name} is missing"
+                if f[name].shape != shape:
+                    return f"{name} has shape {f[name].shape}, expected {shape}"
+                f[name][()]   # every dataset cfg implies must read back, not only its shape
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        return f"cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    return None

@@ -10,10 +10,11 @@ import sys
 
 from randopt_hpc import population as pop
 from randopt_hpc import select, vote
-from randopt_hpc.comm import EXIT_PREEMPTED, Preempted, StopFlag, install_signals, make_comm, setup_logging
+from randopt_hpc.comm import EXIT_INTERRUPTED, Preempted, StopFlag, exit_code, install_signals, make_comm, setup_logging
 from randopt_hpc.config import ConfigError, load_config
 from randopt_hpc.environment import Environment, setup_process
 from randopt_hpc.evaluate import Evaluator
+from randopt_hpc.lock import LockError
 from randopt_hpc.progress import Progress, Timer
 from randopt_hpc.runfolder import FINISHED, RunFolder
 
@@ -28,8 +29,8 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     if rank == 0:
         folder.prepare(cfg, env.restart_count, log)
     comm.barrier()
-    done = folder.done()
-    cands = pop.population(cfg.population.seed, n, cfg.population.sigmas, cfg.population.sigma_assignment)
+    done = folder.done(log)
+    cands = pop.Population(cfg.population.seed, n, cfg.population.sigmas, cfg.population.sigma_assignment)
     mine = pop.owned(range(n), rank, size)
     todo = [i for i in mine if i not in done.candidates]
     log.info("%d candidates of %d are mine, %d already done; %d train / %d test examples",
@@ -85,23 +86,22 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    env = Environment.from_os()
+    env = None
     try:
-        if not argv or argv[0] in ("-h", "--help") or "=" in argv[0]:
-            raise ConfigError(f"config: a config file comes first; {USAGE}")
-        cfg = load_config(argv[0], argv[1:])
-        from randopt_hpc.data import load_examples
-
-        train, test = load_examples(cfg)
-        if RunFolder(cfg.output.dir).state(cfg) == FINISHED:
-            if env.is_first:
-                print(f"randopt_hpc: {RunFolder(cfg.output.dir).results} is already finished for this config; "
-                      "nothing to do (output.overwrite=true starts afresh)", file=sys.stderr)
-            return 0
-    except ConfigError as e:
-        if env.is_first:   # every rank validates alike; one line is enough
+        env = Environment.from_os()
+        loaded = load(argv, env)
+    except (ConfigError, ValueError) as e:   # ValueError: a malformed RANDOPT_FAULT, a refused stage_dir
+        if env is None or env.is_first:      # every rank validates alike; one line is enough
             print(f"randopt_hpc: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if env is None or env.is_first:
+            print("randopt_hpc: interrupted before the run started; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if loaded is None:
+        return 0
+    cfg, train, test = loaded
+    stop = install_signals(StopFlag())
     assigned = setup_process(cfg, env)
     comm = make_comm(cfg.runtime.comm, env)
     if cfg.runtime.comm != "serial" and env.launched_size not in (None, comm.size):
@@ -114,7 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging(comm.rank, comm.size)
     for name, value in assigned.items():
         log.info("%s=%s for this rank", name, value)
-    stop = install_signals(StopFlag())
+    if env.fault:
+        env.fault.install(comm.rank)
+    folder = RunFolder(cfg.output.dir)
+    refused = comm.bcast(take_lock(folder, env, log) if comm.rank == 0 else None)
+    if refused:
+        if comm.rank == 0:
+            print(f"randopt_hpc: error: {refused}", file=sys.stderr)
+        return 2
     try:
         run(cfg, comm, env, log, train, test, stop, on_candidate=env.fault.hook if env.fault else None)
     except Preempted as e:
@@ -125,13 +132,69 @@ def main(argv: list[str] | None = None) -> int:
         # A rank that never stops (blocked in a collective that a stopped rank will not enter) is ended
         # by the abort instead of hanging the job.
         if not comm.wait_all(cfg.runtime.stop_grace_s):
-            comm.abort(EXIT_PREEMPTED)
-        return EXIT_PREEMPTED
+            comm.abort(exit_code(stop))
+        return exit_code(stop)
+    except KeyboardInterrupt:   # Ctrl-C twice: no waiting for the candidate in hand
+        log.error("interrupted again: stopping now; finished candidates are in the shards")
+        comm.abort(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except BaseException:
         log.exception("failed")
         comm.abort(1)   # MPI: ends every rank, never a hang in a collective
         raise
+    finally:
+        folder.lock.release()
     return 0
+
+
+def load(argv: list[str], env) -> tuple | None:
+    """The command line -> (config, train, test), everything checked that would fail after MPI starts;
+    None when the folder already holds this run's results. Raises ConfigError (one line, exit 2)."""
+    if not argv or argv[0] in ("-h", "--help") or "=" in argv[0]:
+        raise ConfigError(f"config: a config file comes first; {USAGE}")
+    cfg = load_config(argv[0], argv[1:])
+    from randopt_hpc.data import load_examples
+
+    train, test = load_examples(cfg)
+    folder = RunFolder(cfg.output.dir)
+    if folder.state(cfg) == FINISHED:
+        if env.is_first:
+            print(f"randopt_hpc: {folder.results} is already finished for this config; nothing to do "
+                  "(output.overwrite=true starts afresh)", file=sys.stderr)
+        return None
+    try:
+        folder.lock.check(env)
+    except LockError as e:
+        raise ConfigError(str(e)) from None
+    folder.check_writable()
+    from randopt_hpc.modelcheck import ModelError, check_model
+
+    try:
+        check_model(cfg.model.path)
+    except ModelError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.runtime.stage_dir:
+        from randopt_hpc.stage import check_stage_dir
+
+        check_stage_dir(cfg.runtime.stage_dir)   # ValueError: one line, exit 2
+    cpus = os.cpu_count() or 1
+    if cfg.runtime.threads > cpus:
+        raise ConfigError(f"runtime.threads: {cfg.runtime.threads} threads per rank, but this machine has {cpus} "
+                          "CPUs")
+    return cfg, train, test
+
+
+def take_lock(folder: RunFolder, env, log) -> str | None:
+    """Rank 0: hold the run folder for this run; the reason it cannot, or None."""
+    try:
+        stale = folder.lock.acquire(env)
+    except LockError as e:
+        return str(e)
+    except OSError as e:
+        return f"output.dir: cannot lock {folder.lock.path}: {e.strerror or e}"
+    if stale:
+        log.warning("took over the lock of a run that is gone (%s)", stale)
+    return None
 
 
 def answer_jobs(members: list[int]) -> list[tuple[str, object]]:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+from dataclasses import dataclass, field
 
-from randopt_hpc import records
-from randopt_hpc.config import ConfigError, from_dict, result_fingerprint, to_yaml
+from randopt_hpc import atomic, records
+from randopt_hpc.config import ConfigError, from_dict, read_yaml_file, result_fingerprint, to_yaml
+from randopt_hpc.lock import RunLock
 
 RUN_YAML = "run.yaml"
 LAUNCH_YAML = "launch.yaml"   # in a sweep's root folder: its points (randopt_hpc.launch), not a run folder
@@ -36,10 +38,15 @@ class ShardWriter:
         self.path = path
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _drop_torn_tail(path)
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "ab")
 
     def append(self, record: records.Record) -> None:
-        self._f.write(records.to_json(record) + "\n")
+        line = (records.to_json(record) + "\n").encode("utf-8")
+        half = len(line) // 2
+        self._f.write(line[:half])
+        self._f.flush()
+        atomic.reach("write:shard")
+        self._f.write(line[half:])
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -47,28 +54,55 @@ class ShardWriter:
         self._f.close()
 
 
-def _drop_torn_tail(path: str) -> None:
+def _drop_torn_tail(path: str, chunk: int = 1 << 16) -> None:
     """Cut a partial last line left by a killed writer, so the next append starts on a clean line."""
     if not os.path.exists(path):
         return
     with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
+        end = f.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            block = f.read(pos - start)
+            if pos == end and block.endswith(b"\n"):
+                return
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(start + nl + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
+@dataclass
+class Scan:
+    """What one shard holds: its whole records, and the lines it could not use (line number, why)."""
+    records: list = field(default_factory=list)
+    damaged: list = field(default_factory=list)
+
+
+def scan_shard(path: str) -> Scan:
+    """Every whole record of a shard. A damaged line (not UTF-8, not JSON, not a record) is skipped and
+    reported, wherever it is: the records after it count, and what it held is recomputed. An unterminated
+    last line is a write cut short; it is reported too, and the next writer cuts it off."""
+    scan = Scan()
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
+                scan.damaged.append((number, "unterminated last line (a write cut short)"))
+                break
+            try:
+                scan.records.append(records.from_json(raw.decode("utf-8")))
+            except UnicodeDecodeError:
+                scan.damaged.append((number, "not UTF-8"))
+            except ValueError as e:
+                scan.damaged.append((number, str(e).splitlines()[0][:80] if str(e) else "not a record"))
+    return scan
 
 
 def read_shard(path: str) -> list[records.Record]:
-    """The complete records of one shard, up to a torn or corrupt line."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                out.append(records.from_json(line))
-            except ValueError:
-                break
-    return out
+    return scan_shard(path).records
 
 
 class RunFolder:
@@ -77,6 +111,7 @@ class RunFolder:
         self.run_yaml = os.path.join(path, RUN_YAML)
         self.results = os.path.join(path, RESULTS)
         self.shards_dir = os.path.join(path, SHARDS)
+        self.lock = RunLock(path)
         self._counted: dict[str, tuple[int, set]] = {}   # count_done's progress per shard: (offset, indices)
 
     def __repr__(self) -> str:
@@ -87,43 +122,65 @@ class RunFolder:
     def started(self) -> bool:
         return os.path.exists(self.run_yaml)
 
-    @property
-    def finished(self) -> bool:
-        return os.path.exists(self.results)
-
     def read_config(self) -> dict:
-        """run.yaml as a plain mapping."""
-        import yaml
-
-        with open(self.run_yaml, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        """run.yaml as a plain mapping; a damaged one is a one-line ConfigError."""
+        data = read_yaml_file(self.run_yaml, f"output.dir: {RUN_YAML}")
         if not isinstance(data, dict):
-            raise ValueError(f"{self.run_yaml}: expected a mapping, got {type(data).__name__}")
+            raise ConfigError(f"output.dir: {self.run_yaml} is damaged (holds no config mapping); if the shards "
+                              "belong to this config remove it to resume, else choose another output.dir")
         return data
 
-    def population_size(self) -> int:
-        return int(self.read_config()["population"]["size"])
+    def config(self):
+        """The config of the run living here, validated (paths as they were: they may be another machine's)."""
+        try:
+            return from_dict(self.read_config()).validate(paths=False)
+        except ConfigError as e:
+            raise ConfigError(f"output.dir: {self.run_yaml} is damaged ({e})") from None
+
+    def results_damage(self, cfg) -> str | None:
+        """Why results.h5 does not stand for a finished run of cfg ("missing" when there is none)."""
+        if not os.path.exists(self.results):
+            return "missing"
+        from randopt_hpc.results import damage
+
+        return damage(self.results, cfg)
 
     def state(self, cfg) -> str:
         """FRESH, RESUME or FINISHED for a run of cfg here (cfg.output.overwrite: always FRESH); a folder
-        holding another config's run, or results of an unknown one, is a ConfigError."""
+        holding another config's run, or results of an unknown one, is a ConfigError. FINISHED only with a
+        results.h5 that opens, has this schema and the shapes cfg implies; else the shards rebuild it."""
         if cfg.output.overwrite or not os.path.isdir(self.path):
             return FRESH
         if not self.started:
-            if self.finished or os.path.isdir(self.shards_dir):
+            if os.path.exists(self.results) or os.path.isdir(self.shards_dir):
                 raise ConfigError(f"output.dir: {self.path} holds results of an unknown config; "
                                   "choose another output.dir or set output.overwrite=true")
             return FRESH
-        old = result_fingerprint(from_dict(self.read_config()))
+        old = result_fingerprint(self.config())
         new = result_fingerprint(cfg)
         diff = [k for k in new if old.get(k) != new[k]]
         if diff:
             k = diff[0]
             raise ConfigError(f"output.dir: {self.path} holds a run with another config ({k}: {old.get(k)!r} "
                               f"there, {new[k]!r} here); choose another output.dir or set output.overwrite=true")
-        return FINISHED if self.finished else RESUME
+        return FINISHED if self.results_damage(cfg) is None else RESUME
 
-    # ------------------------------------------------------------------ changes
+    def check_writable(self) -> None:
+        """A ConfigError now, before MPI starts, if the run could not write here later."""
+        created = not os.path.isdir(self.path)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            probe = atomic.temp_name(os.path.join(self.path, ".write-test"))
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"output.dir: cannot write to {self.path}: {e.strerror or e}") from None
+        finally:
+            if created and os.path.isdir(self.path) and not os.listdir(self.path):
+                os.rmdir(self.path)   # nothing is left behind by a check
+
+    # ------------------------------------------------------------------ changes (rank 0, lock held)
     def clear(self) -> None:
         shutil.rmtree(self.shards_dir, ignore_errors=True)
         for path in (self.results, self.run_yaml):
@@ -131,8 +188,8 @@ class RunFolder:
                 os.remove(path)
 
     def prepare(self, cfg, restart_count: int = 0, log=None) -> None:
-        """Rank 0, before the others look: start afresh if asked (never in a requeued job resuming its own
-        run), and record the config."""
+        """Rank 0, holding the lock, before the others look: start afresh if asked (never in a requeued job
+        resuming its own run), remove temporaries of writers that died, record the config."""
         if cfg.output.overwrite and restart_count:
             if log:
                 log.warning("output.overwrite ignored: this is a requeued Slurm job (restart %d) resuming its "
@@ -140,9 +197,15 @@ class RunFolder:
         elif cfg.output.overwrite:
             self.clear()
         os.makedirs(self.path, exist_ok=True)
+        removed = atomic.remove_temporaries(self.path, (RUN_YAML, RESULTS))
+        if removed and log:
+            log.warning("removed %d temporary file(s) of an earlier run that died while writing: %s",
+                        len(removed), ", ".join(removed))
         if not self.started:
-            with open(self.run_yaml, "w", encoding="utf-8") as f:
-                f.write(to_yaml(cfg))
+            atomic.write_text(self.run_yaml, to_yaml(cfg), fault_point="write:run.yaml")
+        damage = self.results_damage(cfg)
+        if damage not in (None, "missing") and log:
+            log.warning("%s is damaged (%s); rebuilding it from the shards", self.results, damage)
 
     def writer(self, rank: int) -> ShardWriter:
         return ShardWriter(self.shard_path(rank))
@@ -163,12 +226,21 @@ class RunFolder:
     def shard_rank(path: str) -> int:
         return int(os.path.basename(path)[len("rank-"):-len(".jsonl")])
 
-    def records(self) -> list[records.Record]:
-        """Every complete record of every shard (any past rank count)."""
-        return [r for path in self.shard_files() for r in read_shard(path)]
+    def scan(self) -> dict[str, Scan]:
+        """Every shard's whole records and damaged lines, by shard file (any past rank count)."""
+        return {path: scan_shard(path) for path in self.shard_files()}
 
-    def done(self) -> records.Done:
-        return records.Done.of(self.records())
+    def records(self) -> list[records.Record]:
+        return [r for scan in self.scan().values() for r in scan.records]
+
+    def done(self, log=None) -> records.Done:
+        """What the shards hold; damaged lines are reported to `log` (what they held is recomputed)."""
+        scans = self.scan()
+        if log:
+            for path, scan in scans.items():
+                for number, why in scan.damaged:
+                    log.warning("%s line %d skipped: %s", path, number, why)
+        return records.Done.of(r for scan in scans.values() for r in scan.records)
 
     def count_done(self) -> int:
         """Distinct finished candidates. Incremental: each call reads only what the shards gained since
@@ -180,12 +252,12 @@ class RunFolder:
                 f.seek(offset)
                 for line in f:
                     if not line.endswith(b"\n"):
-                        break
+                        break        # being written: read it whole next time
+                    offset += len(line)
                     try:
                         r = records.from_json(line.decode("utf-8"))
                     except (ValueError, UnicodeDecodeError):
-                        break
-                    offset += len(line)
+                        continue     # damaged: its record is recomputed and appended later
                     if r.kind == "candidate":
                         seen.add(r.index)
             self._counted[path] = (offset, seen)

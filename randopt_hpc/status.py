@@ -15,7 +15,8 @@ import time
 import click
 
 from randopt_hpc.cli import Command, fail
-from randopt_hpc.runfolder import LAUNCH_YAML, RUN_YAML, RunFolder, read_shard
+from randopt_hpc.config import ConfigError
+from randopt_hpc.runfolder import LAUNCH_YAML, RUN_YAML, RunFolder
 
 
 def summarize(out_dir: str, now: float | None = None) -> dict:
@@ -23,20 +24,26 @@ def summarize(out_dir: str, now: float | None = None) -> dict:
     folder = RunFolder(out_dir)
     if not folder.started:
         raise FileNotFoundError(f"{out_dir}: no {RUN_YAML}; not a randopt_hpc run folder")
-    n = folder.population_size()
+    cfg = folder.config()
+    n = cfg.population.size
     now = time.time() if now is None else now
     done: set[int] = set()
     shards = []
-    for path in folder.shard_files():
-        mine = [r for r in read_shard(path) if r.kind == "candidate"]
+    for path, scan in folder.scan().items():
+        mine = [r for r in scan.records if r.kind == "candidate"]
         done |= {r.index for r in mine}
         busy = sum(r.seconds for r in mine)
         shards.append({"rank": folder.shard_rank(path), "done": len(mine), "busy_s": round(busy, 2),
                        "rate": len(mine) / busy if busy > 0 else 0.0,
-                       "last_write_s_ago": round(now - os.path.getmtime(path), 1)})
+                       "last_write_s_ago": round(now - os.path.getmtime(path), 1),
+                       "damaged_lines": [number for number, _ in scan.damaged]})
     rate = sum(s["rate"] for s in shards)
     left = n - len(done)
-    return {"dir": out_dir, "population": n, "done": len(done), "left": left, "finished": folder.finished,
+    damage = folder.results_damage(cfg)
+    holder = folder.lock.holder()
+    return {"dir": out_dir, "population": n, "done": len(done), "left": left, "finished": damage is None,
+            "results_damage": None if damage in (None, "missing") else damage,
+            "locked_by": holder.describe() if holder else None,
             "rate": rate, "eta_s": (left / rate if rate > 0 else None) if left else 0.0, "shards": shards}
 
 
@@ -78,8 +85,14 @@ def render(s: dict) -> str:
              f"{state}; {s['rate']:.2f} candidates/s while busy, ETA {eta}",
              f"{'shard':>6} {'done':>6} {'busy s':>9} {'cand/s':>7} {'last write':>11}"]
     for sh in s["shards"]:
+        bad = sh["damaged_lines"]
         lines.append(f"{sh['rank']:>6} {sh['done']:>6} {sh['busy_s']:>9.1f} {sh['rate']:>7.2f} "
-                     f"{sh['last_write_s_ago']:>9.0f} s")
+                     f"{sh['last_write_s_ago']:>9.0f} s" + (f"  {len(bad)} damaged line(s) skipped: "
+                                                            f"{', '.join(map(str, bad[:5]))}" if bad else ""))
+    if s["results_damage"]:
+        lines.append(f"results.h5 is damaged ({s['results_damage']}): the next run rebuilds it from the shards")
+    if s["locked_by"]:
+        lines.append(f"locked by {s['locked_by']}")
     return "\n".join(lines)
 
 
@@ -90,7 +103,7 @@ def main(out_dir: str, as_json: bool) -> None:
     sweep = not RunFolder(out_dir).started and os.path.exists(os.path.join(out_dir, LAUNCH_YAML))
     try:
         s = summarize_sweep(out_dir) if sweep else summarize(out_dir)
-    except (FileNotFoundError, KeyError, ValueError, TypeError) as e:
+    except (OSError, ConfigError, KeyError, ValueError, TypeError) as e:
         sys.exit(fail("randopt_hpc.status", str(e)))
     click.echo(json.dumps(s) if as_json else (render_sweep(s) if sweep else render(s)))
 

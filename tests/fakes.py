@@ -121,6 +121,9 @@ class ThreadComm:
         out = self.allgather(obj)
         return out if self.rank == root else None
 
+    def bcast(self, obj, root: int = 0):
+        return self.allgather(obj)[root]
+
     def barrier(self) -> None:
         self.world.barrier.wait()
 

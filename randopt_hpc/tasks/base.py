@@ -34,7 +34,9 @@ class Task(Protocol):
     randopt_hpc/tasks/, registered in randopt_hpc.tasks.TASKS. Nothing outside a task's file knows which
     task it is."""
     name: str
-    takes_template: bool    # whether config task.template words its prompts
+    takes_template: bool    # whether config task.template words its prompts; such a task also has a static
+                            # check_template(template) raising ValueError, and takes the template in __init__
+    synthetic_limit: int | None   # the most examples synthetic_records can give (None: no limit of its own)
 
     def examples_from_records(self, records: Sequence[dict]) -> list[Example]:
         """Data rows (a task file's objects, or synthetic_records) -> examples; ValueError naming the row."""

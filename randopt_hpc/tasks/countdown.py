@@ -92,7 +92,7 @@ def _numbers(row: dict, index: int) -> tuple[int, ...]:
             n = int(v.strip())
         else:
             raise _bad(index, "numbers", why, value)
-        if n < 0:
+        if n < 0 or n >= 10**MAX_DIGITS:   # a number no answer can write (the parser's literal bound)
             raise _bad(index, "numbers", why, value)
         out.append(n)
     return tuple(out)
@@ -101,21 +101,25 @@ def _numbers(row: dict, index: int) -> tuple[int, ...]:
 def _target(row: dict, index: int) -> tuple[float, str]:
     """(value, text as shown in the prompt). The ES-at-scale data keeps targets as strings."""
     value = row.get("target")
-    why = "must be a finite number (or a string holding one)"
+    why = f"must be a number of magnitude at most {MAX_ABS:.0e} (or a string holding one)"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise _bad(index, "target", why, value)
     if isinstance(value, int):
+        if abs(value) > MAX_ABS:    # before float(): a 400-digit integer does not convert
+            raise _bad(index, "target", why, value)
         return float(value), str(value)
     if isinstance(value, float):
-        if not math.isfinite(value):
+        if not math.isfinite(value) or abs(value) > MAX_ABS:
             raise _bad(index, "target", why, value)
         return value, str(int(value)) if value.is_integer() else repr(value)
     text = value.strip()
+    if len(text) > 64:
+        raise _bad(index, "target", why, value)
     try:
         number = float(text)
     except ValueError:
         raise _bad(index, "target", why, value) from None
-    if not math.isfinite(number):
+    if not math.isfinite(number) or abs(number) > MAX_ABS:
         raise _bad(index, "target", why, value)
     return number, text
 
@@ -386,6 +390,7 @@ class Countdown:
     """The Task (randopt_hpc.tasks.base.Task) over this module's functions."""
     name = "countdown"
     takes_template = False
+    synthetic_limit = None      # rows may repeat: no limit but config's own bound on the sizes
 
     def examples_from_records(self, records: list[dict]) -> list[Example]:
         return examples_from_records(records)

@@ -16,6 +16,8 @@ by two of + - * with normal precedence, each (sorted numbers, target) at most on
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import random
 
 from randopt_hpc.tasks import countdown
@@ -70,8 +72,31 @@ def random_problem(rng: random.Random, lo: int = 1, hi: int = 20) -> tuple[list[
             return shown, int(value), expr
 
 
+def _value(a: int, op1: str, b: int, op2: str, c: int) -> int:
+    """a op1 b op2 c with * before + and -, as random_problem's expressions evaluate."""
+    apply = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
+    if op2 == "*" and op1 != "*":
+        return apply[op1](a, b * c)
+    return apply[op2](apply[op1](a, b), c)
+
+
+@functools.lru_cache(maxsize=1)
+def distinct_problems(lo: int = 1, hi: int = 20) -> int:
+    """How many distinct problems (problem_key) random_problem can draw: the most synthetic_records can give."""
+    keys = set()
+    for a, b, c in itertools.product(range(lo, hi + 1), repeat=3):
+        for op1, op2 in itertools.product(OPS, repeat=2):
+            v = _value(a, op1, b, op2, c)
+            if 1 <= v <= 999:
+                keys.add(problem_key((a, b, c), v))
+    return len(keys)
+
+
 def synthetic_records(n: int, seed: int) -> list[dict]:
     """n distinct problems, a pure function of (n, seed); a prefix of a longer stream with the same seed."""
+    if n > distinct_problems():
+        # Asking for more would draw forever: every further draw repeats a problem.
+        raise ValueError(f"task.test_size: {n:,} problems asked, only {distinct_problems():,} distinct ones exist")
     rng = random.Random(f"countdown_qa:{seed}")
     rows, seen = [], set()
     while len(rows) < n:
@@ -99,6 +124,10 @@ class CountdownQA:
     """The Task (randopt_hpc.tasks.base.Task) over this module's functions; `template` words the question."""
     name = "countdown_qa"
     takes_template = True
+
+    @property
+    def synthetic_limit(self) -> int:
+        return distinct_problems()
 
     def __init__(self, template: str | None = None):
         if template is not None:

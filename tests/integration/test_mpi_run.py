@@ -115,7 +115,7 @@ def test_staged_model_gives_the_same_results(runs, tiny_model, tmp_path):
     cfg = write_config(tmp_path / "staged.yaml", tiny_model, out)
     p = launch(cfg, 2, f"runtime.stage_dir={tmp_path}/node-local")
     assert p.returncode == 0, p.stderr[-3000:]
-    copies = list((tmp_path / "node-local" / "randopt_hpc-models").iterdir())
+    copies = list((tmp_path / "node-local" / f"randopt_hpc-models-{os.geteuid()}").iterdir())
     assert len(copies) == 1 and (copies[0] / ".randopt_staged").exists()
     assert p.stderr.count(f"model staged at {copies[0]}") == 2
     assert_same_results(str(runs["np2"][0]), str(out / "results.h5"))

@@ -140,16 +140,6 @@ def test_the_command_line_contract_in_a_real_process(base_cfg, tmp_path):
     assert hashlib.sha256((out / "results.h5").read_bytes()).hexdigest() == before
 
 
-def test_finished_run_is_not_redone(base_cfg, capsys):
-    from randopt_hpc import run
-
-    path, tmp = base_cfg
-    out, before = _finished_run(path, tmp)
-    assert run.main([str(path)]) == 0
-    assert "already finished" in capsys.readouterr().err
-    assert hashlib.sha256((out / "results.h5").read_bytes()).hexdigest() == before
-
-
 def test_template_validation_is_the_tasks(base_cfg):
     path, _ = base_cfg
     cfg = load_config(str(path), ["task.name=countdown_qa", 'task.template="Q: use {numbers} and make {target} A:"'])

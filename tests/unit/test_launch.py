@@ -1,7 +1,8 @@
-"""The Slurm launcher without Slurm: sweeps, site profiles, the batch script (golden file), staging,
+"""The Slurm launcher without Slurm: sweeps, site profiles, the batch script (golden file), quoting,
 and the pieces of the requeue path that need no scheduler. Commands run in-process through main();
 two tests start the real `python -m randopt_hpc.launch` for its process contract (exit status 2, one
 stderr line, nothing written)."""
+import json
 import os
 import shlex
 import subprocess
@@ -13,7 +14,6 @@ import pytest
 from randopt_hpc import launch, requeue
 from randopt_hpc.config import ConfigError, load_config, to_yaml
 from randopt_hpc.environment import Environment
-from randopt_hpc.stage import MARKER, stage_model, staged_path
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "launch_gh200_dry_run.txt"
@@ -132,7 +132,7 @@ def test_sweep_is_the_product_with_the_first_key_slowest():
     (("--sweep", "population.seed=[]"), "expected KEY=[v1,v2,...]"),
     (("--sweep", "population.seed=[1]", "--sweep", "population.seed=[2]"), "--sweep population.seed: given twice"),
     (("--sweep", "population.sizes=[3]"), "population.sizes: unknown key; valid keys: population.size"),
-    (("--sweep", "population.size=[128,0]"), "population.size: must be >= 1, got 0"),
+    (("--sweep", "population.size=[128,0]"), "population.size: must be in [1, 1,000,000], got 0"),
     (("--nodez", "2"), "No such option '--nodez'; valid options: --account,"),
     (("--site", "nowhere"), f"Invalid value for '--site': no site 'nowhere'; valid sites: {', '.join(SITES)}"),
     (("--nodes", "0"), "Invalid value for '--nodes'"),
@@ -271,26 +271,190 @@ def test_world_size_mismatch_is_refused(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_staging_copies_once_and_again_when_the_model_changes(tmp_path):
-    src = tmp_path / "model"
-    src.mkdir()
-    (src / "config.json").write_text("{}")
-    (src / "weights.bin").write_bytes(b"\x01" * 1000)
-    stage = tmp_path / "local"
-    a = stage_model(str(src), str(stage))
-    assert a == staged_path(str(src), str(stage)) and Path(a, MARKER).exists()
-    assert Path(a, "weights.bin").read_bytes() == b"\x01" * 1000
-    mtime = Path(a, "weights.bin").stat().st_mtime_ns
-    assert stage_model(str(src), str(stage)) == a and Path(a, "weights.bin").stat().st_mtime_ns == mtime
-    (src / "weights.bin").write_bytes(b"\x02" * 1001)
-    b = stage_model(str(src), str(stage))
-    assert b != a and Path(b, "weights.bin").read_bytes() == b"\x02" * 1001
-    assert sorted(p.name for p in (stage / "randopt_hpc-models").iterdir()) == sorted([Path(a).name, Path(b).name])
+
+# Values that reach a batch script: each is quoted (and the generated lines, run with bash and stand-ins
+# for srun and python, start only the intended program) or refused in one line before anything is written.
+
+DEMO = str(ROOT / "configs" / "demo.yaml")
+INJECTIONS = [";touch pwned", "$(touch pwned)", "`touch pwned`"]
 
 
-def test_staging_folder_names_expand_environment_variables(tmp_path, monkeypatch):
-    src = tmp_path / "model"
-    src.mkdir()
-    (src / "config.json").write_text("{}")
-    monkeypatch.setenv("NODE_SCRATCH", str(tmp_path / "scratch"))
-    assert stage_model(str(src), "$NODE_SCRATCH").startswith(str(tmp_path / "scratch") + "/randopt_hpc-models/model-")
+def stand_in(path: Path, log: Path, rc: int = 0) -> Path:
+    """An executable at PATH that appends its argv (argv[0] as the path run) to LOG as a JSON line, then exits RC."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!{sys.executable}\nimport json, sys\nwith open({str(log)!r}, 'a') as f:\n"
+                    f"    f.write(json.dumps(sys.argv) + '\\n')\nsys.exit({rc})\n")
+    path.chmod(0o755)
+    return path
+
+
+def calls(log: Path) -> list[list[str]]:
+    return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+
+def script_of(out: str) -> str:
+    """The batch script in a dry run's output, after the launcher's own comment lines."""
+    return out[out.index("#!/bin/bash\n"):]
+
+
+def run_script(script: str, tmp_path: Path, bin_: Path) -> subprocess.CompletedProcess:
+    """The batch script run by bash in an empty folder, the stand-ins first on PATH and the system after them
+    (so an injected `touch pwned` would run, and leave its file there)."""
+    job = tmp_path / "job"
+    job.mkdir()
+    (tmp_path / "job.sh").write_text(script)
+    p = subprocess.run(["bash", str(tmp_path / "job.sh")], cwd=job, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}"})
+    assert list(job.iterdir()) == [], "the script ran something that wrote here"
+    return p
+
+
+@pytest.mark.parametrize("where", ["on PATH", "a path"])
+@pytest.mark.parametrize("name", ["my python", *(f"python{x}" for x in INJECTIONS)])
+def test_python_is_one_quoted_word_and_the_script_runs_only_it(name, where, tmp_path, capsys):
+    bin_, log, folder = tmp_path / "bin", tmp_path / "calls.jsonl", tmp_path / "s"
+    srun = stand_in(bin_ / "srun", log, rc=75)
+    py = stand_in(bin_ / name if where == "on PATH" else tmp_path / "my env" / name, log)
+    given = name if where == "on PATH" else str(py)
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", "--site", "local", "--folder", str(folder),
+                        "--python", given, "--dry-run"]) == 0
+    script = script_of(capsys.readouterr().out)
+    p = run_script(script, tmp_path, bin_)           # first: it asserts that nothing injected ran
+    assert p.returncode == 0, p.stderr
+    assert calls(log) == [
+        [str(srun), "--unbuffered", "--output", f"{folder}/%j/%j_%t_log.out", "--error", f"{folder}/%j/%j_%t_log.err",
+         "--mpi=pmi2", "--kill-on-bad-exit=1", given, "-u", "-m", "submitit.core._submit", f"{folder}/%j"],
+        [str(py), "-m", "randopt_hpc.requeue", "75"]]          # srun's status reaches the requeue step
+    word = shlex.quote(given)
+    assert word != given and f" {word} -u -m submitit.core._submit {folder}/%j\n" in script
+    assert script.rstrip().splitlines()[-1] == f"{word} -m randopt_hpc.requeue $?"
+
+
+def test_an_empty_python_is_refused(tmp_path, capsys):
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", "--python", " ", "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "randopt_hpc.launch: error: Invalid value for '--python': an empty name; give the compute nodes' Python "
+        "executable"]
+
+
+@pytest.mark.parametrize("option", ["--job-name", "--account", "--partition", "--qos"])
+@pytest.mark.parametrize("value", ["a b", *(f"x{i}" for i in INJECTIONS), "x\n#SBATCH --uid=0", "a\\b", "x'y"])
+def test_sbatch_values_that_need_quoting_are_refused_in_one_line(option, value, tmp_path, capsys):
+    """sbatch reads #SBATCH lines with its own parser: Slurm 22.05 drops backslashes even in single quotes,
+    and a newline, quoted or not, ends the #SBATCH line and starts one that bash runs."""
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", option, value, "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        f"randopt_hpc.launch: error: Invalid value for '{option}': {value!r} would be written into an #SBATCH line, "
+        "which takes no shell quoting: use letters, digits and _@%+=:,./- only"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_sbatch_values_that_need_no_quoting_are_written_as_given(tmp_path, no_slurm, capsys):
+    values = {"--job-name": "rand-opt_v1.2@x+y%z", "--account": "proj:a=b", "--partition": "gpu,debug",
+              "--qos": "high"}
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", "--folder", str(tmp_path / "s"), "--dry-run",
+                        *(x for kv in values.items() for x in kv)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for option, value in values.items():
+        assert f"#SBATCH {option}={value}" in lines
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", "--job-name", ""]) == 2      # a real submission
+    assert "Invalid value for '--job-name': '' would be written" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_site_partition_that_needs_quoting_is_refused_and_srun_mpi_is_quoted(tmp_path, monkeypatch, capsys):
+    """Site profiles are trusted package files, yet what they give for #SBATCH and srun lines is checked or quoted
+    the same way (MODULES and SETUP are shell by design and go in as written)."""
+    sites, bin_, log = tmp_path / "sites", tmp_path / "bin", tmp_path / "calls.jsonl"
+    sites.mkdir()
+    (sites / "bad.env").write_text("PARTITION='gpu;touch pwned'\n")
+    (sites / "odd.env").write_text("SRUN_MPI='pmi2;touch pwned'\nPARTITION=debug\n")
+    monkeypatch.setattr(launch, "_sites", lambda: sites)
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", "--site", "bad", "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "randopt_hpc.launch: error: Invalid value for '--site': randopt_hpc/sites/bad.env: PARTITION='gpu;touch pwned' "
+        "would be written into an #SBATCH line, which takes no shell quoting: use letters, digits and _@%+=:,./- only"]
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", "--site", "odd", "--python", "python", "--dry-run"]) == 0
+    script = script_of(capsys.readouterr().out)
+    assert "#SBATCH --partition=debug" in script and " '--mpi=pmi2;touch pwned' " in script
+    srun, py = stand_in(bin_ / "srun", log), stand_in(bin_ / "python", log)
+    assert run_script(script, tmp_path, bin_).returncode == 0
+    srun_argv, py_argv = calls(log)
+    assert srun_argv[0] == str(srun) and "--mpi=pmi2;touch pwned" in srun_argv and "pwned" not in srun_argv
+    assert py_argv == [str(py), "-m", "randopt_hpc.requeue", "0"]
+
+
+@pytest.mark.parametrize("name", ["my runs", "runs;touch pwned", "runs$(touch pwned)", "runs`id`", "100%j", "a\nb"])
+def test_a_folder_that_sbatch_could_not_read_back_is_refused(name, tmp_path, capsys):
+    """The folder goes into #SBATCH --output/--error (and % is Slurm's and submitit's pattern character): the dry
+    run's text replacement of its stand-in folder is then faithful, since neither name is ever quoted."""
+    folder = tmp_path / name
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", "--folder", str(folder), "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"randopt_hpc.launch: error: --folder: {str(folder)!r} would be written into #SBATCH lines, which take no "
+        "shell quoting: use a folder whose path has letters, digits and _@+=:,./- only (--folder sets it apart "
+        "from output.dir)"]
+    out = folder / "out"           # the default folder, OUTPUT.DIR/slurm: the same, and output.dir is named
+    assert launch.main([DEMO, f"output.dir={json.dumps(str(out))}", "--site", "local"]) == 2     # a real submission
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"randopt_hpc.launch: error: --folder (default OUTPUT.DIR/slurm, from output.dir): {str(out / 'slurm')!r} "
+        "would be written into #SBATCH lines"), err
+    assert not folder.exists()
+    with pytest.raises(RuntimeError, match="cannot be written into #SBATCH lines"):
+        launch.dry_run_script(str(folder), {"time": 5}, "python", 1)
+
+
+def test_config_path_overrides_and_output_dir_never_reach_the_script(tmp_path, capsys):
+    """They go into the resolved config each job reads; with a plain --folder such an output.dir is fine."""
+    config = tmp_path / "my configs $(touch pwned)" / "demo `touch pwned`.yaml"
+    config.parent.mkdir()
+    config.write_text(Path(DEMO).read_text())
+    out = tmp_path / "my runs;touch pwned"
+    assert launch.main([str(config), f"output.dir={json.dumps(str(out))}", 'task.template="Q: $(touch pwned) {numbers} '
+                        '{target} A:"', "--sweep", "population.seed=[1,2]", "--site", "local", "--folder",
+                        str(tmp_path / "s"), "--python", "python", "--dry-run"]) == 0
+    script = script_of(capsys.readouterr().out)
+    assert "#SBATCH --array=0-1%2" in script
+    assert "my " not in script and "pwned" not in script and "Q:" not in script
+
+
+def test_gh200_sbatch_takes_only_a_site_name(tmp_path):
+    evil = tmp_path / "evil.env"
+    evil.write_text("touch pwned\n")
+    job = tmp_path / "job"
+    job.mkdir()
+    site = os.path.relpath(tmp_path / "evil", ROOT / "randopt_hpc" / "sites")
+    p = subprocess.run(["bash", str(ROOT / "jobs" / "gh200.sbatch"), "configs/demo.yaml"], cwd=job, capture_output=True,
+                       text=True, env={**os.environ, "SITE": site, "RANDOPT_REPO": str(ROOT)})
+    assert p.returncode == 2 and f"SITE={site}: no " in p.stderr and list(job.iterdir()) == []
+
+
+@pytest.mark.parametrize("site,python,repo", [("local", None, None), ("mpich", "my env/py;thon", "my repo")])
+def test_gh200_sbatch_passes_config_overrides_and_python_as_given(site, python, repo, tmp_path):
+    bin_, log, job = tmp_path / "bin", tmp_path / "calls.jsonl", tmp_path / "job"
+    job.mkdir()
+    srun = stand_in(bin_ / "srun", log, rc=75)
+    py = stand_in(bin_ / "python" if python is None else tmp_path / python, log)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env.update(PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}", SITE=site, RANDOPT_REPO=str(ROOT), SLURM_JOB_ID="7",
+               SLURM_JOB_NUM_NODES="1")
+    if python:
+        env["PYTHON"] = str(py)
+    if repo:      # the checkout the profiles are read from, in a folder with a space
+        (tmp_path / repo / "randopt_hpc").mkdir(parents=True)
+        (tmp_path / repo / "randopt_hpc" / "sites").symlink_to(ROOT / "randopt_hpc" / "sites")
+        env["RANDOPT_REPO"] = str(tmp_path / repo)
+    config = str(tmp_path / "my configs" / "run 1;touch pwned.yaml")
+    overrides = ["output.dir=out $(touch pwned)", "task.name=`touch pwned`;touch pwned", "population.seed=1"]
+    p = subprocess.run(["bash", str(ROOT / "jobs" / "gh200.sbatch"), config, *overrides], cwd=job, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    stage = ["runtime.stage_dir=$TMPDIR"] if site == "mpich" else []          # expanded on the node, by the run
+    word = "python" if python is None else str(py)
+    assert calls(log) == [
+        [str(srun), "--mpi=pmi2", "--kill-on-bad-exit=1", "--cpu-bind=cores", word, "-m", "randopt_hpc.run", config,
+         *stage, *overrides],
+        [str(py), "-m", "randopt_hpc.requeue", "75"]]
+    assert list(job.iterdir()) == []

@@ -10,14 +10,15 @@ from randopt_hpc import records
 from randopt_hpc.config import ConfigError, from_dict, to_yaml
 from randopt_hpc.environment import Environment, process_variables
 from randopt_hpc.records import Answers, BaseRecord, CandidateRecord, MemberRecord
-from randopt_hpc.runfolder import FINISHED, FRESH, RESUME, RunFolder, read_shard
+from randopt_hpc.runfolder import FRESH, RESUME, RunFolder, read_shard
 
 ANS = Answers(rewards=(1.1, 0.0, 0.1), correct=(True, False, False), keys=("6.00000", None, "2.00000"),
               answers=("1+2+3", None, "1*2"), texts=None)
 
 
 def cfg(tmp_path, **over):
-    d = {"model": {"path": "m"}, "output": {"dir": str(tmp_path / "out")}, "population": {"size": 4}}
+    d = {"model": {"path": "m"}, "output": {"dir": str(tmp_path / "out")}, "population": {"size": 4},
+         "selection": {"top_k": [1, 2]}}
     for k, v in over.items():
         section, key = k.split("__")
         d.setdefault(section, {})[key] = v
@@ -65,11 +66,26 @@ def test_states_of_a_folder(tmp_path):
     assert from_dict(folder.read_config()) == c
     with pytest.raises(ConfigError, match=r"holds a run with another config \(population.seed: 0 there, 5 here\)"):
         folder.state(cfg(tmp_path, population__seed=5))
+    # Only a results file that reads back as this config's counts as finished (tests/unit/test_run.py
+    # writes real ones); an empty one is rebuilt.
     open(folder.results, "wb").close()
-    assert folder.state(c) == FINISHED
+    assert folder.state(c) == RESUME and folder.results_damage(c) == "not an HDF5 file"
     assert folder.state(cfg(tmp_path, output__overwrite=True)) == FRESH
-    # Non-result fields may change between runs: a rerun with more progress output still resumes.
-    assert folder.state(cfg(tmp_path, runtime__progress_every_s=1.0)) == FINISHED
+
+
+@pytest.mark.parametrize("text,why", [("", "holds no config mapping"), ("population: [1,\n", "not valid YAML"),
+                                      ("- 1\n- 2\n", "holds no config mapping"),
+                                      ("population:\n  size: 0\nmodel:\n  path: m\n", "population.size"),
+                                      ("a: &x [1]\nb: *x\n", "aliases"), (b"\xff\xfe", "not UTF-8")])
+def test_a_damaged_run_yaml_is_one_line(tmp_path, text, why):
+    c = cfg(tmp_path)
+    folder = RunFolder(c.output.dir)
+    folder.prepare(c)
+    with open(folder.run_yaml, "wb") as f:
+        f.write(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError) as e:
+        folder.state(c)
+    assert str(e.value).startswith("output.dir: ") and why in str(e.value) and "\n" not in str(e.value)
 
 
 def test_results_without_a_config_are_refused(tmp_path):

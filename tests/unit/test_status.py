@@ -7,13 +7,14 @@ import sys
 import pytest
 
 from randopt_hpc import status
+from randopt_hpc.config import from_dict, to_yaml
 from randopt_hpc.records import Answers, CandidateRecord
 from randopt_hpc.runfolder import RunFolder
 
 
 def _folder(tmp_path, n=10):
     folder = RunFolder(str(tmp_path))
-    (tmp_path / "run.yaml").write_text(f"population:\n  size: {n}\n")
+    (tmp_path / "run.yaml").write_text(to_yaml(from_dict({"model": {"path": "m"}, "population": {"size": n}})))
     answers = Answers(rewards=(1.1,), correct=(True,), keys=("3.00000",), answers=("1+2",), texts=None)
     for rank, items in ((0, [(0, 1.0), (2, 1.0), (4, 2.0)]), (1, [(1, 0.5)])):
         shard = folder.writer(rank)
