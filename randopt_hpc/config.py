@@ -205,7 +205,6 @@ MAX_EXAMPLES = 1_000_000
 MAX_NEW_TOKENS = 1_000_000
 MAX_BATCH = 100_000
 MAX_THREADS = 4096
-MAX_CONFIG_BYTES = 1 << 20
 
 
 def _within(name: str, value: int, lo: int, hi: int) -> None:
@@ -279,48 +278,6 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without aliases: `*name` expands a node by reference, and a few hundred bytes of nested aliases
-    expand to billions of nodes before any key could be checked. Configs have no use for them."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted",
-                                              self.peek_event().start_mark)
-        return super().compose_node(parent, index)
-
-
-def read_yaml(text: str, what: str):
-    """YAML text -> plain data, or a one-line ConfigError naming `what` (size, aliases, nesting, numbers)."""
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{what}: {len(text):,} characters of YAML; at most {MAX_CONFIG_BYTES:,} are read")
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)   # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"{what}: not valid YAML{where}: {' '.join(str(problem).split())[:160]}") from None
-    except RecursionError:
-        raise ConfigError(f"{what}: YAML nested too deeply") from None
-    except ValueError as e:   # e.g. an integer of more digits than Python converts
-        raise ConfigError(f"{what}: {' '.join(str(e).split())[:160]}") from None
-
-
-def read_yaml_file(path: str, what: str):
-    """A YAML file -> plain data; what cannot be read is a one-line ConfigError naming `what` and the path."""
-    try:
-        if os.path.getsize(path) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{what}: {path} is {os.path.getsize(path):,} bytes; a YAML file of at most "
-                              f"{MAX_CONFIG_BYTES:,} bytes is read")
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what}: {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise ConfigError(f"{what}: cannot read {path}: {e.strerror or e}") from None
-    return read_yaml(text, f"{what}: {path}")
-
-
 def from_dict(data: dict) -> Config:
     """A Config from a plain mapping (e.g. a run folder's run.yaml), not yet validated."""
     return _build(Config, data, "")
@@ -334,6 +291,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise ConfigError(f"{key or '(empty)'}: not a dotted config key")
+    from randopt_hpc.textio import read_yaml
+
     value = read_yaml(raw, key) if raw.strip() else ""
     return key.split("."), _floats_in(value)
 
@@ -358,6 +317,8 @@ def load_config(path: str | None, overrides: list[str] = (), check_paths: bool =
     if path is not None:
         if not os.path.isfile(path):
             raise ConfigError(f"config: no such file: {path}")
+        from randopt_hpc.textio import read_yaml_file
+
         data = read_yaml_file(path, "config") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config: {path} must hold a mapping at the top level")

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 from randopt_hpc.config import ConfigError
+from randopt_hpc.textio import read_text
 
 MAX_DATA_BYTES = 4 << 30   # a data file is read whole; past this it is certainly not a task's split
 
@@ -12,15 +12,7 @@ MAX_DATA_BYTES = 4 << 30   # a data file is read whole; past this it is certainl
 def read_records(path: str) -> list[dict]:
     """Rows of a data file; anything hostile (not UTF-8, nesting past the parser's depth, integers of more
     digits than Python converts, no objects) is a one-line ConfigError naming the file."""
-    try:
-        if os.path.getsize(path) > MAX_DATA_BYTES:
-            raise ConfigError(f"task.data: {path} is larger than {MAX_DATA_BYTES >> 30} GiB")
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"task.data: {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise ConfigError(f"task.data: cannot read {path}: {e.strerror or e}") from None
+    text = read_text(path, "task.data", MAX_DATA_BYTES)
     try:
         if text.lstrip().startswith("["):
             rows = json.loads(text)

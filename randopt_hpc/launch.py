@@ -14,9 +14,7 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 
@@ -24,6 +22,7 @@ import click
 import yaml
 
 from randopt_hpc import cli as cli_errors
+from randopt_hpc import dryrun
 from randopt_hpc.comm import EXIT_PREEMPTED
 from randopt_hpc.config import ConfigError, load_config, to_yaml
 from randopt_hpc.runfolder import FINISHED, LAUNCH_YAML, RunFolder
@@ -45,9 +44,7 @@ SITE_KEYS = ("SRUN_MPI", "MODULES", "SETUP", "STAGE_DIR", "PARTITION", "OVERCOMM
 # - CONFIG, OVERRIDES, --sweep, output.dir and STAGE_DIR never reach the script: they go into the resolved
 #   YAML config that each job reads (FOLDER/configs/NNN.yaml, path pickled by submitit).
 _SBATCH_SAFE = re.compile(r"[\w@%+=:,./-]+", re.ASCII)
-_FOLDER_SAFE = re.compile(r"[\w@+=:,./-]+", re.ASCII)
 _SBATCH_CHARS = "letters, digits and _@%+=:,./-"
-_FOLDER_CHARS = "letters, digits and _@+=:,./-"
 
 
 def _sites():
@@ -120,10 +117,11 @@ def _python_option(ctx, param, value: str | None) -> str:
 
 def check_folder(folder: str, given: bool) -> None:
     """The submitit folder goes into #SBATCH --output/--error: refuse what sbatch could not read back."""
-    if not _FOLDER_SAFE.fullmatch(folder):
+    if not dryrun.FOLDER_SAFE.fullmatch(folder):
         option = "--folder" if given else "--folder (default OUTPUT.DIR/slurm, from output.dir)"
         raise ConfigError(f"{option}: {folder!r} would be written into #SBATCH lines, which take no shell quoting: "
-                          f"use a folder whose path has {_FOLDER_CHARS} only (--folder sets it apart from output.dir)")
+                          f"use a folder whose path has {dryrun.FOLDER_CHARS} only "
+                          "(--folder sets it apart from output.dir)")
 
 
 def parse_sweep(items: tuple[str, ...]) -> list[list[str]]:
@@ -277,7 +275,7 @@ def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
         if not os.path.isdir(base.model.path):
             click.echo(f"randopt_hpc.launch: note: model.path {base.model.path} is not on this machine", err=True)
         try:
-            click.echo(dry_run_script(folder, params, python, len(points)), nl=False)
+            click.echo(dryrun.script(folder, params, python, len(points)), nl=False)
         except RuntimeError as e:
             raise SystemExit(_fail(str(e))) from None
         return
@@ -334,60 +332,6 @@ def submit(ex, folder: str, root: str, points, todo: list[int]) -> list:
     with open(os.path.join(root, LAUNCH_YAML), "w", encoding="utf-8") as f:
         yaml.safe_dump(record, f, sort_keys=False)
     return jobs
-
-
-# The same submission as `submit` (executor, parameters, a batch of N jobs), run by a child process
-# against stand-ins: submitit finds `srun` and calls `sbatch` on PATH, and the child's PATH starts with
-# ours, which need no Slurm. A child because the package never writes os.environ.
-_STAND_IN_SUBMISSION = """
-import json, sys
-import submitit
-r = json.load(sys.stdin)
-ex = submitit.SlurmExecutor(folder=r["folder"], python=r["python"])
-ex.update_parameters(**r["params"])
-with ex.batch():
-    for _ in range(r["jobs"]):
-        ex.submit(int)
-"""
-
-
-def dry_run_script(folder: str, params: dict, python: str, n_jobs: int) -> str:
-    """The batch script that submitting n_jobs with these parameters would write into FOLDER (an array
-    when n_jobs > 1), through submitit's public submission path into a temporary folder whose name is
-    then replaced by FOLDER; nothing is written anywhere else. Neither name needs shell quoting (FOLDER
-    passed check_folder), so submitit writes both as they are and the plain text replacement prints what a
-    real submission would write."""
-    if not _FOLDER_SAFE.fullmatch(folder):
-        raise RuntimeError(f"--dry-run: {folder!r} cannot be written into #SBATCH lines (see check_folder)")
-    with tempfile.TemporaryDirectory(prefix="randopt-dry-run-") as tmp:
-        stand_ins, script, fake = os.path.join(tmp, "bin"), os.path.join(tmp, "script.sh"), os.path.join(tmp, "s")
-        if not _FOLDER_SAFE.fullmatch(fake):
-            raise RuntimeError(f"--dry-run: the temporary folder {tmp!r} would be quoted in the script and printed "
-                               f"unlike FOLDER; point TMPDIR at a path with {_FOLDER_CHARS} only")
-        os.mkdir(stand_ins)
-        # Only this interpreter and shell builtins: PATH may hold nothing else (and no Slurm at all).
-        keep = "import shutil, sys; shutil.copyfile(sys.argv[1], sys.argv[2]); print('Submitted batch job 1')"
-        _executable(os.path.join(stand_ins, "sbatch"),
-                    f'exec {shlex.quote(sys.executable)} -c "{keep}" "$1" {shlex.quote(script)}')
-        _executable(os.path.join(stand_ins, "srun"), 'echo "srun: a stand-in for --dry-run" >&2; exit 1')
-        request = {"folder": os.path.join(fake, "%j"), "python": python, "params": params, "jobs": n_jobs}
-        env = {**os.environ, "PATH": os.pathsep.join([stand_ins, os.environ.get("PATH", "")])}
-        p = subprocess.run([sys.executable, "-c", _STAND_IN_SUBMISSION], input=json.dumps(request), env=env,
-                           capture_output=True, text=True, timeout=120)
-        if p.returncode != 0 or not os.path.exists(script):
-            # The exception's own line, not the last of a multi-line message (submitit lists valid parameters).
-            raised = re.findall(r"^[\w.]+: .*", p.stderr, re.MULTILINE) or p.stderr.strip().splitlines()[-1:]
-            why = raised[-1] if raised else "no output"
-            raise RuntimeError(f"--dry-run: submitit failed against the stand-ins for sbatch and srun in {tmp} "
-                               f"({why}; if TMPDIR is mounted noexec, point it elsewhere)")
-        with open(script, encoding="utf-8") as f:
-            return f.read().replace(fake, folder)
-
-
-def _executable(path: str, body: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"#!/bin/sh\n{body}\n")
-    os.chmod(path, 0o755)
 
 
 def wait_all(jobs, where) -> int:

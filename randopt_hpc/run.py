@@ -227,7 +227,7 @@ def load_backend(cfg, comm, env, log):
         from randopt_hpc.stage import stage_model, staged_path
 
         if env.local_rank == 0:   # one copy per node; the node's other ranks wait for it
-            stage_model(cfg.model.path, cfg.runtime.stage_dir)
+            stage_model(cfg.model.path, cfg.runtime.stage_dir, log=log.info)
         comm.barrier()
         model_path = staged_path(cfg.model.path, cfg.runtime.stage_dir)
         log.info("model staged at %s", model_path)

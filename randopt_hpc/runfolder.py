@@ -20,8 +20,9 @@ import shutil
 from dataclasses import dataclass, field
 
 from randopt_hpc import atomic, records
-from randopt_hpc.config import ConfigError, from_dict, read_yaml_file, result_fingerprint, to_yaml
+from randopt_hpc.config import ConfigError, from_dict, result_fingerprint, to_yaml
 from randopt_hpc.lock import RunLock
+from randopt_hpc.textio import read_yaml_file
 
 RUN_YAML = "run.yaml"
 LAUNCH_YAML = "launch.yaml"   # in a sweep's root folder: its points (randopt_hpc.launch), not a run folder

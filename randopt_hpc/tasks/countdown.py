@@ -391,12 +391,6 @@ class Countdown:
     name = "countdown"
     takes_template = False
     synthetic_limit = None      # rows may repeat: no limit but config's own bound on the sizes
-
-    def examples_from_records(self, records: list[dict]) -> list[Example]:
-        return examples_from_records(records)
-
-    def synthetic_records(self, n: int, seed: int) -> list[dict]:
-        return synthetic_records(n, seed)
-
-    def score(self, completion: str, example: Example) -> Scored:
-        return score(completion, example)
+    examples_from_records = staticmethod(examples_from_records)
+    synthetic_records = staticmethod(synthetic_records)
+    score = staticmethod(score)

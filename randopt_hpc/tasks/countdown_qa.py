@@ -139,8 +139,5 @@ class CountdownQA:
     def examples_from_records(self, records: list[dict]) -> list[Example]:
         return examples_from_records(records, self.template)
 
-    def synthetic_records(self, n: int, seed: int) -> list[dict]:
-        return synthetic_records(n, seed)
-
-    def score(self, completion: str, example: Example) -> Scored:
-        return score(completion, example)
+    synthetic_records = staticmethod(synthetic_records)
+    score = staticmethod(score)

@@ -92,17 +92,18 @@ def test_kill_9_in_the_middle_of_a_write_then_rerun(fault, reference, tiny_model
     _clean_and_whole(out, reference)
 
 
-def test_ctrl_c_stops_every_rank_at_a_boundary_with_130_and_a_rerun_resumes(reference, tiny_model, tmp_path):
+@pytest.mark.parametrize("nproc", [2, None], ids=["mpiexec-2", "plain"])
+def test_ctrl_c_stops_every_rank_at_a_boundary_with_130_and_a_rerun_resumes(nproc, reference, tiny_model, tmp_path):
     out = tmp_path / "ctrl-c"
     cfg = write_config(tmp_path / "ctrl-c.yaml", tiny_model, out)
-    proc = launch(cfg, 2, popen=True)
+    proc = launch(cfg, nproc, popen=True)
     _wait_for(lambda: out.exists() and RunFolder(str(out)).count_done() >= 3)
-    pids = [_rank_pid(str(cfg), r) for r in (0, 1)]
+    pids = [_rank_pid(str(cfg), r) for r in (0, 1)] if nproc else [proc.pid]
     for pid in pids:                                  # what a terminal's Ctrl-C sends to the job's processes
         os.kill(pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert err.count("SIGINT received; stopped before") == 2 and "Traceback" not in err
+    assert err.count("SIGINT received; stopped before") == len(pids) and "Traceback" not in err
     assert not (out / ".lock").exists()               # a clean stop releases the folder
     again = launch(cfg, 2, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]

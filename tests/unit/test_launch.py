@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from randopt_hpc import launch, requeue
+from randopt_hpc import dryrun, launch, requeue
 from randopt_hpc.config import ConfigError, load_config, to_yaml
 from randopt_hpc.environment import Environment
 from tests.conftest import ROOT
@@ -64,7 +64,7 @@ def test_dry_run_for_gh200_matches_golden_file_without_slurm(at_root, no_slurm, 
 
 def test_a_dry_run_that_submitit_refuses_says_why_in_one_line(tmp_path):
     with pytest.raises(RuntimeError) as e:
-        launch.dry_run_script(str(tmp_path / "s"), {"time": 5, "gpus_per_nodes": 4}, "python", 1)
+        dryrun.script(str(tmp_path / "s"), {"time": 5, "gpus_per_nodes": 4}, "python", 1)
     assert "--dry-run: submitit failed" in str(e.value) and "\n" not in str(e.value)
     assert "ValueError: Unavailable parameter(s): ['gpus_per_nodes']" in str(e.value)
     assert not (tmp_path / "s").exists()
@@ -403,7 +403,7 @@ def test_a_folder_that_sbatch_could_not_read_back_is_refused(name, tmp_path, cap
         "would be written into #SBATCH lines"), err
     assert not folder.exists()
     with pytest.raises(RuntimeError, match="cannot be written into #SBATCH lines"):
-        launch.dry_run_script(str(folder), {"time": 5}, "python", 1)
+        dryrun.script(str(folder), {"time": 5}, "python", 1)
 
 
 def test_config_path_overrides_and_output_dir_never_reach_the_script(tmp_path, capsys):
