@@ -44,13 +44,20 @@ class Holder:
         return f"pid {self.pid} on {self.host}{job}, since {self.since}"
 
 
-def _start_time(pid: int) -> str | None:
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process from /proc, None where there is no such entry."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             # The command name may hold spaces and parentheses: fields count from the last ')'.
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), fields[19].decode()
     except (OSError, IndexError):
         return None
+
+
+def _start_time(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
 
 
 def _slurm_job_running(job: str) -> bool | None:
@@ -76,7 +83,10 @@ def stale(holder: Holder, env) -> bool:
 
 
 def _alive(holder: Holder) -> bool:
-    start = _start_time(holder.pid)
+    stat = _proc_stat(holder.pid)
+    if stat is not None and stat[0] in ("Z", "X"):
+        return False            # exited, not yet reaped (an MPI abort's ranks linger so for a second or two)
+    start = stat[1] if stat else None
     if start is None:
         try:
             os.kill(holder.pid, 0)

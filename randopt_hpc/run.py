@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     if loaded is None:
         return 0
-    cfg, train, test = loaded
+    cfg, train, test, problem = loaded
+    if problem and not env.under_launcher:
+        print(f"randopt_hpc: error: {problem}", file=sys.stderr)
+        return 2
     stop = install_signals(StopFlag())
     assigned = setup_process(cfg, env)
     comm = make_comm(cfg.runtime.comm, env)
@@ -117,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if env.fault:
         env.fault.install(comm.rank)
     folder = RunFolder(cfg.output.dir)
-    refused = comm.bcast(take_lock(folder, env, log) if comm.rank == 0 else None)
+    refused = next((p for p in comm.allgather(problem) if p), None)   # every rank's preflight, agreed on
+    if refused is None:
+        refused = comm.bcast(take_lock(folder, env, log) if comm.rank == 0 else None)
     if refused:
         if comm.rank == 0:
             print(f"randopt_hpc: error: {refused}", file=sys.stderr)
@@ -148,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load(argv: list[str], env) -> tuple | None:
-    """The command line -> (config, train, test), everything checked that would fail after MPI starts;
-    None when the folder already holds this run's results. Raises ConfigError (one line, exit 2)."""
+    """The command line -> (config, train, test, problem), or None when the folder already holds this
+    run's results. What every rank judges alike (the config, the data, the folder's state) raises
+    ConfigError: one line, exit 2, on every rank at once. `problem` is the first of the checks a rank may
+    judge alone (its node's CPUs, disks and staging folder; a lock taken meanwhile): under an MPI launcher
+    the ranks agree on those after MPI starts, since a rank leaving alone would leave the others waiting
+    in MPI_Init for good."""
     if not argv or argv[0] in ("-h", "--help") or "=" in argv[0]:
         raise ConfigError(f"config: a config file comes first; {USAGE}")
     cfg = load_config(argv[0], argv[1:])
@@ -162,26 +171,27 @@ def load(argv: list[str], env) -> tuple | None:
             print(f"randopt_hpc: {folder.results} is already finished for this config; nothing to do "
                   "(output.overwrite=true starts afresh)", file=sys.stderr)
         return None
+    return cfg, train, test, preflight(cfg, folder, env)
+
+
+def preflight(cfg, folder: RunFolder, env) -> str | None:
+    """What would fail after MPI starts, found before: the first problem as one line, or None."""
+    from randopt_hpc.modelcheck import check_model
+    from randopt_hpc.stage import check_stage_dir
+
+    cpus = os.cpu_count() or 1
     try:
         folder.lock.check(env)
-    except LockError as e:
-        raise ConfigError(str(e)) from None
-    folder.check_writable()
-    from randopt_hpc.modelcheck import ModelError, check_model
-
-    try:
         check_model(cfg.model.path)
-    except ModelError as e:
-        raise ConfigError(str(e)) from None
-    if cfg.runtime.stage_dir:
-        from randopt_hpc.stage import check_stage_dir
-
-        check_stage_dir(cfg.runtime.stage_dir)   # ValueError: one line, exit 2
-    cpus = os.cpu_count() or 1
-    if cfg.runtime.threads > cpus:
-        raise ConfigError(f"runtime.threads: {cfg.runtime.threads} threads per rank, but this machine has {cpus} "
-                          "CPUs")
-    return cfg, train, test
+        if cfg.runtime.stage_dir:
+            check_stage_dir(cfg.runtime.stage_dir)
+        if cfg.runtime.threads > cpus:
+            raise ConfigError(f"runtime.threads: {cfg.runtime.threads} threads per rank, but this machine has "
+                              f"{cpus} CPUs")
+        folder.check_writable()     # last: the folder it may create is the run's own
+    except (ConfigError, LockError, ValueError) as e:   # ModelError and stage_dir's refusals are ValueErrors
+        return str(e)
+    return None
 
 
 def take_lock(folder: RunFolder, env, log) -> str | None:

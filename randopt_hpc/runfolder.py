@@ -167,7 +167,8 @@ class RunFolder:
         return FINISHED if self.results_damage(cfg) is None else RESUME
 
     def check_writable(self) -> None:
-        """A ConfigError now, before MPI starts, if the run could not write here later."""
+        """A ConfigError now, before MPI starts, if the run could not write here later. The folder it
+        creates stays (the run is about to use it); every rank probes with a name of its own."""
         created = not os.path.isdir(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
@@ -176,10 +177,12 @@ class RunFolder:
                 pass
             os.remove(probe)
         except OSError as e:
+            if created:
+                try:
+                    os.rmdir(self.path)
+                except OSError:
+                    pass
             raise ConfigError(f"output.dir: cannot write to {self.path}: {e.strerror or e}") from None
-        finally:
-            if created and os.path.isdir(self.path) and not os.listdir(self.path):
-                os.rmdir(self.path)   # nothing is left behind by a check
 
     # ------------------------------------------------------------------ changes (rank 0, lock held)
     def clear(self) -> None:

@@ -124,3 +124,25 @@ def test_bad_input_on_every_rank_is_one_line_and_exit_2_before_mpi(overrides, fi
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"randopt_hpc: error: {field}"), p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_problem_on_one_rank_only_ends_every_rank_with_one_line(tiny_model, tmp_path):
+    """A node-local check that fails on one rank alone (here its staging folder's variable is unset)
+    must not leave the other ranks waiting in MPI_Init: the ranks agree after MPI starts, then all exit 2."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, mpiexec
+
+    cfg = write_config(tmp_path / "one.yaml", tiny_model, tmp_path / "out")
+    run = [sys.executable, "-m", "randopt_hpc.run", str(cfg), "runtime.stage_dir=$NODE_SCRATCH"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANDOPT_FAULT", "NODE_SCRATCH")}
+    cmd = [mpiexec(), "-n", "1", "-env", "NODE_SCRATCH", str(tmp_path / "scratch"), *run, ":", "-n", "1", *run]
+    t0 = time.time()
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert time.time() - t0 < 60
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("randopt_hpc: error: runtime.stage_dir: ") and \
+        "NODE_SCRATCH" in lines[0], p.stderr
+    assert not (tmp_path / "out" / "run.yaml").exists() and not (tmp_path / "out" / ".lock").exists()

@@ -128,6 +128,15 @@ def test_stale_temporaries_are_removed_at_start(reference, tmp_path):
 
 # ----------------------------------------------------------------------------- the lock
 
+def _wait_until(predicate, seconds=10.0):
+    import time
+
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 def _env(**kw):
     return Environment.from_os({k: str(v) for k, v in kw.items()})
 
@@ -144,6 +153,10 @@ def test_which_holders_are_stale():
     assert stale(_holder(pid=int(dead.stdout)), here)                        # a pid that ended
     me = Holder.me(here)
     assert stale(_holder(pid=os.getpid(), pid_start=str(int(me.pid_start) + 1)), here)   # a reused pid
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])           # exits; not reaped until wait()
+    _wait_until(lambda: open(f"/proc/{zombie.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z")
+    assert stale(_holder(pid=zombie.pid), here)                              # an MPI abort's ranks linger so
+    zombie.wait()
     assert not stale(_holder(host="elsewhere"), here)                       # cannot check: presumed alive
     job = _env(SLURM_JOB_ID=41, SLURM_RESTART_COUNT=2)
     assert stale(_holder(host="elsewhere", slurm_job="41", restart=1), job)  # this job's earlier life
