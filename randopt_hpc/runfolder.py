@@ -14,9 +14,11 @@ can be unreadable.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 from randopt_hpc import atomic, records
@@ -167,21 +169,17 @@ class RunFolder:
         return FINISHED if self.results_damage(cfg) is None else RESUME
 
     def check_writable(self) -> None:
-        """A ConfigError now, before MPI starts, if the run could not write here later. The folder it
-        creates stays (the run is about to use it); every rank probes with a name of its own."""
-        created = not os.path.isdir(self.path)
+        """A ConfigError now, before MPI starts, if the run could not write here later. Probes the folder,
+        or the nearest one above it that exists, with a uniquely named folder of its own that it removes:
+        nothing is left behind, and ranks probing at once do not meet."""
+        where = os.path.abspath(self.path)
+        while not os.path.lexists(where):
+            where = os.path.dirname(where)
         try:
-            os.makedirs(self.path, exist_ok=True)
-            probe = atomic.temp_name(os.path.join(self.path, ".write-test"))
-            with open(probe, "wb"):
-                pass
-            os.remove(probe)
+            if not os.path.isdir(where):
+                raise NotADirectoryError(errno.ENOTDIR, f"{where} is not a folder")
+            os.rmdir(tempfile.mkdtemp(prefix=".randopt-write-test-", dir=where))
         except OSError as e:
-            if created:
-                try:
-                    os.rmdir(self.path)
-                except OSError:
-                    pass
             raise ConfigError(f"output.dir: cannot write to {self.path}: {e.strerror or e}") from None
 
     # ------------------------------------------------------------------ changes (rank 0, lock held)
