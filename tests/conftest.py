@@ -49,6 +49,17 @@ def random_model(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def two_rank_results(tiny_model, tmp_path_factory) -> Path:
+    """results.h5 of the default test config (write_config) run under mpiexec on 2 ranks, once per session:
+    the undisturbed reference that the fault tests compare with, and a real file for tools/."""
+    tmp = tmp_path_factory.mktemp("two-rank")
+    cfg = write_config(tmp / "run.yaml", tiny_model, tmp / "run")
+    p = launch(cfg, 2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return tmp / "run" / "results.h5"
+
+
 def write_config(path: Path, model: Path, out: Path, **sections) -> Path:
     cfg = {
         "model": {"path": str(model), "dtype": "float32"},

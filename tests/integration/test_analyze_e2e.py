@@ -8,19 +8,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import ROOT, launch, write_config
+from tests.conftest import ROOT
 from tools.analyze import cli
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def run_file(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("analyze-e2e")
-    cfg = write_config(tmp / "run.yaml", tiny_model, tmp / "run")
-    p = launch(cfg, 2)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return tmp / "run" / "results.h5"
+def run_file(two_rank_results):
+    return two_rank_results
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reference")
-    cfg = write_config(tmp / "ref.yaml", tiny_model, tmp / "ref")
-    p = launch(cfg, 2)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return tmp / "ref" / "results.h5"
+def reference(two_rank_results):
+    return two_rank_results
 
 
 def _clean_and_whole(out, reference) -> None:
