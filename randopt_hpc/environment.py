@@ -16,6 +16,7 @@ from dataclasses import dataclass
 _RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS")
 _LOCAL_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
+_LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
 
 
 # Where RANDOPT_FAULT=rank:R:kill:POINT makes rank R kill itself (SIGKILL) half-way through a write.
@@ -71,6 +72,7 @@ class Environment:
     max_requeues: int = 0               # RANDOPT_REQUEUE=N: a stopped Slurm job requeues itself up to N times
     restart_count: int = 0              # SLURM_RESTART_COUNT: requeues so far
     slurm_array_task: str | None = None  # "ARRAYJOB_TASK" in a job array: the id that requeues this task alone
+    local_size: int = 1                 # ranks on this node (they share its memory and cores)
 
     @staticmethod
     def from_os(environ: dict | None = None) -> Environment:
@@ -83,7 +85,8 @@ class Environment:
             cuda_visible=env.get("CUDA_VISIBLE_DEVICES"),
             max_requeues=first(("RANDOPT_REQUEUE",)) or 0, restart_count=first(("SLURM_RESTART_COUNT",)) or 0,
             slurm_array_task=(f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-                              if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID") else None))
+                              if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID") else None),
+            local_size=first(_LOCAL_SIZE_VARS) or _slurm_tasks_here(env) or 1)
 
     @property
     def requeue_id(self) -> str | None:
@@ -121,6 +124,21 @@ class Environment:
     def is_first(self) -> bool:
         """Rank 0, or a plain process: the one that prints errors that every rank would print alike."""
         return not self.launched_rank
+
+
+def _slurm_tasks_here(env) -> int | None:
+    """Tasks on this node from Slurm: SLURM_TASKS_PER_NODE is "4" or "4(x2),3" (one entry per node group);
+    SLURM_NODEID says which node this is."""
+    text, node = env.get("SLURM_TASKS_PER_NODE", ""), env.get("SLURM_NODEID", "")
+    if not text or not node.isdigit():
+        return None
+    counts: list[int] = []
+    for part in text.split(","):
+        count, _, times = part.partition("(x")
+        if not count.isdigit():
+            return None
+        counts += [int(count)] * (int(times.rstrip(")")) if times.rstrip(")").isdigit() else 1)
+    return counts[int(node)] if int(node) < len(counts) else None
 
 
 def process_variables(cfg, env: Environment) -> tuple[dict[str, str], dict[str, str]]:

@@ -63,3 +63,13 @@ def test_rank_gpus_keeps_slurm_binding_and_splits_otherwise():
     assert env(PMI_RANK=3, PMI_SIZE=4, MPI_LOCALRANKID=3).rank_gpus(1) == "3"
     with pytest.raises(RuntimeError, match="local rank 2 needs 2 GPU"):
         env(PMI_RANK=2, PMI_SIZE=3, MPI_LOCALRANKID=2, CUDA_VISIBLE_DEVICES="0,1,2,3").rank_gpus(2)
+
+
+def test_ranks_on_this_node_from_the_launcher():
+    from randopt_hpc.environment import Environment
+
+    assert Environment.from_os({}).local_size == 1
+    assert Environment.from_os({"MPI_LOCALNRANKS": "4"}).local_size == 4            # MPICH's hydra
+    assert Environment.from_os({"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}).local_size == 2  # Open MPI
+    slurm = {"SLURM_TASKS_PER_NODE": "4(x2),3"}
+    assert [Environment.from_os({**slurm, "SLURM_NODEID": str(n)}).local_size for n in range(3)] == [4, 4, 3]
