@@ -146,9 +146,15 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class VLLMConfig:
     tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9    # vLLM's own default; on CPU it is the share of RAM for the KV cache
+    gpu_memory_utilization: float = 0.9    # vLLM's own default, per GPU; on CPU the share of the node's available
+                                           # memory that the node's ranks split among them (weights, copy, KV cache)
     enforce_eager: bool = True             # no CUDA graphs: weights change under the engine every candidate
     max_model_len: int | None = None       # null = the model's own
+    kv_cache_gib: float | None = None      # KV cache per rank (per GPU with TP > 1); null: from gpu_memory_utilization
+                                           # (on CPU, its share of the node's free memory: backends.vllm.plan_memory)
+    pristine: str = "device"               # where the unperturbed shard is kept: device (next to the weights,
+                                           # fastest restore) or host (frees device memory; restore copies it back)
+    MAX_KV_CACHE_GIB = 1 << 20             # not a field: a PiB; anything larger is a unit mistake (bytes for GiB)
 
     def validate(self) -> None:
         _require(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size",
@@ -157,6 +163,10 @@ class VLLMConfig:
                  f"must be in (0, 1], got {self.gpu_memory_utilization}")
         _require(self.max_model_len is None or self.max_model_len >= 1, "vllm.max_model_len",
                  f"must be >= 1 or null, got {self.max_model_len}")
+        top = self.MAX_KV_CACHE_GIB
+        _require(self.kv_cache_gib is None or 0 < self.kv_cache_gib <= top, "vllm.kv_cache_gib",
+                 f"must be in (0, {top:,}] GiB or null, got {self.kv_cache_gib}")
+        _choice("vllm.pristine", self.pristine, ("device", "host"))
 
 
 @dataclass(frozen=True)

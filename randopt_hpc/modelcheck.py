@@ -71,6 +71,7 @@ def check_model(path: str) -> None:
     for rel in OPTIONAL_OBJECTS:
         if _present(path, rel):
             _read_object(path, rel)
+    _check_stop_ids(path)
 
 
 # --- config.json ---------------------------------------------------------------------------------------
@@ -110,6 +111,13 @@ def _check_weights(path: str, names: set[str]) -> None:
     if shards:
         for rel in shards:
             _check_safetensors(path, rel)
+        if shards != ["model.safetensors"]:
+            # Without an index transformers reads model.safetensors alone and vLLM every file: the two
+            # backends would load different weights, or one of them none.
+            raise ModelError(os.path.join(path, shards[0] if "model.safetensors" not in shards else INDEX),
+                             f"{len(shards)} safetensors file(s) ({', '.join(shards[:3])}) and no {INDEX}: "
+                             "without an index the weights must be one model.safetensors; add an index "
+                             "listing the weights' files or remove the others")
         return
     pickles = sorted(n for n in names if n in PICKLES or (n.startswith("pytorch_model") and n.endswith(".bin")))
     if pickles:
@@ -326,3 +334,16 @@ def _kind(value) -> str:
 
 def _os_reason(e: OSError) -> str:
     return e.strerror or type(e).__name__
+
+
+# --- stop tokens -----------------------------------------------------------------------------------------
+
+def _check_stop_ids(path: str) -> None:
+    """eos_token_id of generation_config.json (else config.json) as the backends read it to stop."""
+    from randopt_hpc.backends.base import eos_ids
+
+    rel = "generation_config.json" if _present(path, "generation_config.json") else "config.json"
+    try:
+        eos_ids(os.path.join(path, rel))
+    except ValueError as e:
+        raise ModelError(os.path.join(path, rel), str(e)) from None

@@ -139,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         if not comm.wait_all(cfg.runtime.stop_grace_s):
             comm.abort(exit_code(stop))
         return exit_code(stop)
+    except ConfigError as e:
+        # Found only once the run started (a vLLM engine that cannot fit): one line, and a config error's
+        # exit status. A rank that finds it alone still ends every rank: the others wait in a collective.
+        print(f"randopt_hpc: error: [rank {comm.rank}/{comm.size}] {e}", file=sys.stderr, flush=True)
+        comm.abort(2)
+        return 2
     except KeyboardInterrupt:   # Ctrl-C twice: no waiting for the candidate in hand
         log.error("interrupted again: stopping now; finished candidates are in the shards")
         comm.abort(EXIT_INTERRUPTED)

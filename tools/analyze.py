@@ -264,6 +264,43 @@ def merge(files, as_csv, as_json):
                        f"{', '.join(data['keys_not_in_every_file'])}")
 
 
+# ------------------------------------------------------------------------------------------ compare
+
+def _render_compare(d: dict) -> str:
+    lines = [f"{d['datasets']} datasets, {len(d['differing']) + len(d['only_in_one'])} differ "
+             f"({d['a']} vs {d['b']})"]
+    lines += [f"  {name}: in one file only" for name in d["only_in_one"]]
+    for r in d["differing"]:
+        if r["differ"] is None:
+            lines.append(f"  {r['dataset']}: shapes {r['shapes'][0]} vs {r['shapes'][1]}")
+            continue
+        first = "; ".join(f"at {e['at']}: {e['a']!r} vs {e['b']!r}" for e in r["first"])
+        lines.append(f"  {r['dataset']}: {r['differ']} of {r['size']} elements differ; {first}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@json_option
+def compare(a, b, as_json):
+    """Whether two files hold the same results (every dataset but timing and provenance), and where not.
+
+    For runs that should agree: another rank count, a restart, the other backend. Exit 0 when they are
+    equal, 1 when they differ (as cmp does), 2 when a file cannot be read.
+    """
+    try:
+        for path in (a, b):
+            with runfile.open_results(path):
+                pass
+        data = reports.compare(a, b)
+    except (ResultsError, ValueError, OSError) as e:
+        _fail(e)
+    _emit(data, as_json, _render_compare)
+    if data["differing"] or data["only_in_one"]:
+        raise click.exceptions.Exit(1)
+
+
 # --------------------------------------------------------------------------------------------- plot
 
 @cli.command()

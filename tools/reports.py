@@ -178,3 +178,27 @@ def merge(rows: list[dict], ignore: tuple[str, ...] = ("output.dir", "output.ove
             "runs": [{"path": r["path"], "overrides": {k: r["config"][k] for k in differing}, "N": r["N"],
                       "base_test": r["base_test"], "best_single_test": r["best_single_test"],
                       "top": r["top"], "control": r["control"]} for r in rows]}
+
+
+def compare(a: str, b: str, show: int = 3) -> dict:
+    """What differs between the results of two files (every dataset but timing and provenance, as
+    randopt_hpc.results.comparable reads them): per differing dataset the count and the first elements."""
+    from randopt_hpc.results import comparable
+
+    ra, rb = comparable(a), comparable(b)
+    rows = []
+    for name in sorted(set(ra) & set(rb)):
+        x, y = np.asarray(ra[name]), np.asarray(rb[name])
+        if x.shape != y.shape:
+            rows.append({"dataset": name, "shapes": [list(x.shape), list(y.shape)], "differ": None, "first": []})
+            continue
+        unequal = x != y
+        if x.dtype.kind in "fc":   # NaN (an accuracy of nothing) equals NaN here
+            unequal &= ~(np.isnan(x) & np.isnan(y))
+        where = np.argwhere(np.atleast_1d(unequal))
+        if len(where):
+            rows.append({"dataset": name, "shapes": [list(x.shape)] * 2, "differ": int(len(where)), "size": int(x.size),
+                         "first": [{"at": [int(i) for i in w], "a": x.reshape(-1)[0] if not x.ndim else x[tuple(w)],
+                                    "b": y.reshape(-1)[0] if not y.ndim else y[tuple(w)]} for w in where[:show]]})
+    return {"a": a, "b": b, "datasets": len(set(ra) | set(rb)), "only_in_one": sorted(set(ra) ^ set(rb)),
+            "differing": rows}

@@ -6,7 +6,9 @@ model (an MLP for the 1-D toy, a remote engine) is a new file here behind the sa
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from randopt_hpc.tasks.base import Example
@@ -28,11 +30,59 @@ class Backend(Protocol):
         """How many weight elements a perturbation changes."""
 
 
+def eos_ids(path: str) -> list[int] | None:
+    """eos_token_id of a JSON config file, as a list; None when the file or the key is absent. ValueError
+    (without the path) for a file that is not JSON or an eos_token_id that is not token ids."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ValueError(f"not JSON ({e})") from None
+    eos = cfg.get("eos_token_id") if isinstance(cfg, dict) else None
+    if eos is None:
+        return None
+    ids = [eos] if isinstance(eos, int) else eos
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(f"eos_token_id must be a token id or a list of them, not {eos!r}"[:300])
+    return ids
+
+
+def stop_token_ids(model_path: str, tokenizer) -> list[int]:
+    """Every token id that ends a completion, each once: generation_config.json's eos_token_id (an id or
+    a list, as Qwen2.5-Instruct and Llama-3.1 list several), then the tokenizer's EOS. Without a
+    generation_config.json, config.json's eos_token_id stands in for it, as it does in transformers and
+    in vLLM (which adds these ids to every request's stop ids itself), so both backends stop alike."""
+    gen = os.path.join(model_path, "generation_config.json")
+    source = gen if os.path.exists(gen) else os.path.join(model_path, "config.json")
+    try:
+        ids = eos_ids(source) or []
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(ids))
+
+
+def cut_at_stop(ids: Iterable[int], stop_ids: Iterable[int]) -> list[int]:
+    """`ids` up to and including the first stop id; all of them when none is there."""
+    stops = set(stop_ids)
+    out = []
+    for t in ids:
+        out.append(t)
+        if t in stops:
+            break
+    return out
+
+
 class BaseBackend:
     """The perturb/restore guard and the per-example-list cache of encoded prompts. Subclasses provide
-    _perturb, _restore, _encode(examples) and generate_ids(examples), and set `tokenizer` and `names`."""
+    _perturb, _restore, _encode(examples) and generate_ids(examples), and set `tokenizer`, `names` and
+    `stop_ids` (stop_token_ids(path, tokenizer))."""
     tokenizer: Any = None
     names: list[str]
+    stop_ids: list[int] | None = None
 
     def __init__(self):
         self.perturbed = False
@@ -69,7 +119,16 @@ class BaseBackend:
             ex.response_prefix
 
     def generate(self, examples: Sequence[Example]) -> list[str]:
-        return self.tokenizer.batch_decode(self.generate_ids(examples), skip_special_tokens=True)
+        # Only what precedes the stop token is the answer: a stop id need not be a special token
+        # (skip_special_tokens would not drop it), and nothing after it may reach a grade.
+        stops = self.stop_ids
+        if stops is None:   # a subclass that sets none stops where the tokenizer does
+            stops = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+        rows = []
+        for ids in self.generate_ids(examples):
+            row = cut_at_stop(ids, stops)
+            rows.append(row[:-1] if row and row[-1] in stops else row)
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ for subclasses
     def _perturb(self, seed: int, sigma: float) -> None:

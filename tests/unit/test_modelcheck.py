@@ -221,6 +221,15 @@ def _extra_without_index(m):
     (m / "consolidated.safetensors").write_bytes(b"junk")   # no index: every *.safetensors is a weight
 
 
+def _valid_extra_without_index(m):
+    # Intact, but transformers would read model.safetensors alone and vLLM both.
+    shutil.copy(m / ST, m / "consolidated.safetensors")
+
+
+def _renamed_without_index(m):
+    (m / ST).rename(m / "weights.safetensors")
+
+
 WEIGHT_CASES = [
     (_cut_in_data, ST, "truncated"),
     (_cut_at_data_start, ST, "truncated"),
@@ -253,6 +262,8 @@ WEIGHT_CASES = [
     (_weights_dir, ST, "not a regular file"),
     (_weights_broken_link, ST, "broken symbolic link"),
     (_extra_without_index, "consolidated.safetensors", "too short"),
+    (_valid_extra_without_index, "model.safetensors.index.json", "2 safetensors file(s) (consolidated"),
+    (_renamed_without_index, "weights.safetensors", "must be one model.safetensors"),
 ]
 
 
@@ -340,6 +351,16 @@ FILE_CASES = [
     ("generation_config_broken", _truncated("generation_config.json"), "generation_config.json", "not valid JSON"),
     ("generation_config_null", _write("generation_config.json", "null"), "generation_config.json", "JSON null"),
     ("special_tokens_map_array", _write("special_tokens_map.json", "[]"), "special_tokens_map.json", "array"),
+    # The stop ids both backends read (randopt_hpc.backends.base.stop_token_ids).
+    ("generation_eos_string", _write("generation_config.json", '{"eos_token_id": "</s>"}'),
+     "generation_config.json", "eos_token_id must be a token id"),
+    ("generation_eos_negative", _write("generation_config.json", '{"eos_token_id": [2, -1]}'),
+     "generation_config.json", "[2, -1]"),
+    ("generation_eos_bool", _write("generation_config.json", '{"eos_token_id": true}'),
+     "generation_config.json", "eos_token_id"),
+    ("config_eos_without_generation_config",
+     lambda m: (_remove("generation_config.json")(m), _config_edit(eos_token_id=[1.5])(m)), "config.json",
+     "eos_token_id must be"),
 ]
 
 

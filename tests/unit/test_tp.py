@@ -15,11 +15,11 @@ PARAMS = [LAYER + "self_attn.qkv_proj.weight", LAYER + "self_attn.o_proj.weight"
           "model.norm.weight", "model.embed_tokens.weight", "lm_head.weight"]
 # Small but with every awkward case: 8 query heads, K/V heads from 8 down to 1 (replicated when
 # fewer than ranks), a vocabulary that is not a multiple of 64 (padding, a shard of padding only).
-SHAPES = [tp.LlamaShape(hidden=64, intermediate=96, heads=8, kv_heads=kv, head_dim=8, vocab=vocab, tie=tie)
+SHAPES = [tp.ModelShape(hidden=64, intermediate=96, heads=8, kv_heads=kv, head_dim=8, vocab=vocab, tie=tie)
           for kv, vocab, tie in ((8, 100, False), (2, 130, True), (1, 70, False))]
 
 
-def _labels(s: tp.LlamaShape) -> dict:
+def _labels(s: tp.ModelShape) -> dict:
     """Every checkpoint tensor with each element labelled by (tensor number, flat index) -> unique float."""
     names = sorted({p.source for param in PARAMS for p in tp.pieces(param, s, 0, 1)})
     return {n: (i + 1) * 1e6 + torch.arange(torch.Size(tp.source_shape(n, s)).numel(), dtype=torch.float64)
@@ -93,7 +93,7 @@ VOCAB = {1: [((0, 130), 62)], 2: [((0, 96), 0), ((96, 130), 62)],
 
 
 def _hand_shape(kv_heads=2, tie=False):
-    return tp.LlamaShape(hidden=64, intermediate=96, heads=8, kv_heads=kv_heads, head_dim=8, vocab=130, tie=tie)
+    return tp.ModelShape(hidden=64, intermediate=96, heads=8, kv_heads=kv_heads, head_dim=8, vocab=130, tie=tie)
 
 
 def _hand_tensors(kv_heads=2) -> dict:
@@ -168,7 +168,7 @@ def test_bad_sizes_are_named():
     s = SHAPES[0]
     with pytest.raises(ValueError, match="num_attention_heads = 8 is not divisible by tensor_parallel_size = 3"):
         tp.pieces(LAYER + "self_attn.qkv_proj.weight", s, 0, 3)
-    with pytest.raises(ValueError, match="not a vLLM Llama parameter"):
+    with pytest.raises(ValueError, match="rotary.weight: not a parameter of vLLM's llama model"):
         tp.pieces(LAYER + "self_attn.rotary.weight", s, 0, 1)
     with pytest.raises(ValueError, match="tp_rank 2 outside"):
         tp.pieces("model.norm.weight", s, 2, 2)
@@ -178,6 +178,7 @@ def test_shape_from_the_demo_model_config():
     from transformers import AutoConfig
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    s = tp.LlamaShape.from_hf_config(AutoConfig.from_pretrained(os.path.join(root, "models", "demo")))
-    assert s == tp.LlamaShape(hidden=128, intermediate=512, heads=4, kv_heads=4, head_dim=32, vocab=100, tie=False)
+    s = tp.ModelShape.from_hf_config(AutoConfig.from_pretrained(os.path.join(root, "models", "demo")))
+    assert s == tp.ModelShape(hidden=128, intermediate=512, heads=4, kv_heads=4, head_dim=32, vocab=100, tie=False,
+                             layers=4)
     assert tp.local_shape("model.layers.0.self_attn.qkv_proj.weight", s, 2) == (192, 128)
