@@ -53,7 +53,8 @@ def main() -> None:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        sys.exit(f"backend_agreement: error: {e}")
+        print(f"backend_agreement: error: {e}", file=sys.stderr)
+        sys.exit(2)
     setup_process(from_dict({"backend": "vllm", "runtime": {"threads": cfg.runtime.threads}}), Environment.from_os())
     from randopt_hpc.backends.hf import HFBackend
     from randopt_hpc.backends.vllm import VLLMBackend

@@ -212,7 +212,10 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     t0 = time.time()
     if args.arch:
-        info = build_arch(args.out, args.arch, seed=args.seed, dtype=args.dtype, eos_ids=args.eos_ids)
+        try:
+            info = build_arch(args.out, args.arch, seed=args.seed, dtype=args.dtype, eos_ids=args.eos_ids)
+        except ValueError as e:   # eos ids outside the vocabulary
+            ap.error(str(e))
         print(f"tiny {info['class']}: {info['params']} parameters, {info['dtype']}, "
               f"{time.time() - t0:.1f} s -> {args.out}")
         return

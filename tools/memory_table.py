@@ -49,12 +49,29 @@ def table(gpu_gib: float, utilization: float, **kw) -> list[str]:
     return rows
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1e9:   # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gpu-gib", type=float, default=89.4, help="GPU memory (GH200 96 GB HBM3 = 89.4 GiB)")
-    ap.add_argument("--utilization", type=float, default=0.85, help="vllm.gpu_memory_utilization")
-    ap.add_argument("--hbm-gbs", type=float, default=4000)
-    ap.add_argument("--c2c-gbs", type=float, default=450)
+    ap.add_argument("--gpu-gib", type=_positive, default=89.4, help="GPU memory (GH200 96 GB HBM3 = 89.4 GiB)")
+    ap.add_argument("--utilization", type=_fraction, default=0.85, help="vllm.gpu_memory_utilization")
+    ap.add_argument("--hbm-gbs", type=_positive, default=4000)
+    ap.add_argument("--c2c-gbs", type=_positive, default=450)
     ap.add_argument("--dtype-bytes", type=int, default=2, choices=[1, 2, 4])
     a = ap.parse_args()
     print(f"bytes per parameter {a.dtype_bytes}; GPU {a.gpu_gib} GiB at utilization {a.utilization}; "
