@@ -11,7 +11,7 @@ from pathlib import Path
 from randopt_hpc.tasks.base import Example
 from tools.make_tiny_model import ARCHS, build_arch
 
-__all__ = ["ARCHS", "DTYPES", "arch_model", "one_thread", "short_examples", "vllm_patches_undone"]
+__all__ = ["ARCHS", "DTYPES", "arch_model", "one_thread", "sharded_folder", "short_examples", "vllm_patches_undone"]
 
 DTYPES = ["float32", "bfloat16", "float16"]
 
@@ -71,3 +71,21 @@ def vllm_patches_undone():
             for key, value in before.items():
                 if vars(cls).get(key) is not value:
                     setattr(cls, key, value)
+
+
+def sharded_folder(path, tensors: dict, extra: dict | None = None):
+    """Tensors written to `path` in two safetensors files listed by a model.safetensors.index.json, plus
+    unlisted `extra` files ({file name: tensors}); returns path."""
+    import json
+
+    from safetensors.torch import save_file
+
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in halves.items():
+        save_file({n: tensors[n] for n in part}, str(path / file))
+    (path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: f for f, part in halves.items() for n in part}}))
+    for file, content in (extra or {}).items():
+        save_file(content, str(path / file))
+    return path

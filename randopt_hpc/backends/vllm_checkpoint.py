@@ -96,11 +96,5 @@ class Checkpoint:
 def weight_bytes(path: str, element_bytes: int) -> int:
     """Bytes the checkpoint's tensors take at `element_bytes` per element (the run's dtype), from the
     file headers alone."""
-    from safetensors import safe_open
-
-    total = 0
-    for f in checkpoint_files(path):
-        with safe_open(f, framework="pt", device="cpu") as handle:
-            for name in handle.keys():
-                total += math.prod(handle.get_slice(name).get_shape()) * element_bytes
-    return total
+    with Checkpoint(path) as ckpt:
+        return sum(math.prod(ckpt.shape(name)) for name in ckpt.names) * element_bytes

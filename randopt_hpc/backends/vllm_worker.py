@@ -59,6 +59,12 @@ class PerturbExtension:
         pin = host and torch.cuda.is_available()
         cpu = current_platform_is_cpu()
         slots, mapped = [], []
+        # A tied LM head holds the embedding's Parameter under a module of its own, with a packed handle of
+        # its own: named_parameters() lists the Parameter once, but every module holding it must change.
+        holders: dict[int, list] = {}
+        for m in model.modules():
+            for p in m.parameters(recurse=False):
+                holders.setdefault(id(p), []).append(m)
         with Checkpoint(path) as ckpt, torch.no_grad():
             # The checkpoint's own names select, as in the HF backend; vLLM's fused names never do.
             selected = set(noise.select_names(ckpt.names, list(include), list(exclude)))
@@ -80,9 +86,7 @@ class PerturbExtension:
                 if param.numel() and not _bitwise_equal(param.detach(), base):
                     return {"error": f"{name}: the checkpoint mapped by randopt_hpc.tp does not reproduce the "
                                      f"weight vLLM loaded (model_type {arch}: layout not supported)"}
-                # A tied LM head holds the embedding's Parameter under a module of its own, with a packed
-                # handle of its own: named_parameters() lists the Parameter once, both must change.
-                sharing = [m for m in model.modules() if getattr(m, attr, None) is param]
+                sharing = holders[id(param)]
                 packed = cpu and attr == "weight" and any(hasattr(m, "cpu_linear") for m in sharing)
                 slots.append({"param": name, "module": module, "sharing": sharing, "attr": attr,
                               "device": param.device,

@@ -3,6 +3,8 @@ Under CI=true they are always collected, so that a missing vllm fails them inste
 import importlib.util
 import os
 
+import pytest
+
 VLLM_TESTS = ["test_archs_runs.py", "test_archs_vllm.py", "test_paper_configs.py", "test_tp_vllm.py",
               "test_tp_vllm_archs.py", "test_tp_vllm_models.py", "test_vllm.py", "test_vllm_memory.py"]
 
@@ -23,3 +25,12 @@ def engines_in_this_process() -> None:
 
     setup_process(from_dict({"backend": "vllm", "runtime": {"threads": torch.get_num_threads()}}),
                   Environment.from_os())
+
+
+@pytest.fixture
+def hf_classes_as_they_were():
+    """For tests that start vLLM engines of OLMo beside HF models: see tests.archs.vllm_patches_undone."""
+    from tests.archs import vllm_patches_undone
+
+    with vllm_patches_undone():
+        yield

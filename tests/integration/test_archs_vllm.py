@@ -18,10 +18,10 @@ import pytest
 
 from randopt_hpc import tp
 from randopt_hpc.backends.base import cut_at_stop
-from tests.archs import ARCHS, arch_model, one_thread, short_examples, vllm_patches_undone
+from tests.archs import ARCHS, arch_model, one_thread, short_examples
 from tests.integration.conftest import engines_in_this_process
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("hf_classes_as_they_were")]
 
 SEEDS = [0, 1, 2, 3, 4]
 SIGMA = 1e-2
@@ -32,12 +32,6 @@ NEW_TOKENS = 16
 def in_process_engines():
     engines_in_this_process()
     with one_thread():
-        yield
-
-
-@pytest.fixture(autouse=True)
-def hf_classes_as_they_were():
-    with vllm_patches_undone():
         yield
 
 

@@ -28,9 +28,8 @@ from vllm.model_executor.models.transformers.fusers.base import StackedFuser
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
 
 from randopt_hpc import tp
-from tests.archs import vllm_patches_undone
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("hf_classes_as_they_were")]
 
 COMMON = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
 # Each architecture with what sets its layout apart switched on: biases wherever its vLLM model builds
@@ -66,12 +65,6 @@ class _NoAttention(torch.nn.Module):
 
     def __init__(self, *args, **kwargs):
         super().__init__()
-
-
-@pytest.fixture(autouse=True)
-def hf_classes_as_they_were():
-    with vllm_patches_undone():
-        yield
 
 
 @pytest.fixture
@@ -168,16 +161,21 @@ def _check(params: dict, shape, rank: int, size: int, ckpt: dict):
         assert torch.equal(param.data, mine), (name, rank, size)
 
 
+def _each_rank(size, as_rank, build, ckpt):
+    """(rank, parameters) for each rank of `size`: the layers build() makes there, loaded from ckpt."""
+    for rank in range(size):
+        as_rank(rank, size)
+        with set_current_vllm_config(VllmConfig()):
+            yield rank, _load(*build(), ckpt)
+
+
 @pytest.mark.parametrize("size", [1, 2, 4])
 @pytest.mark.parametrize("arch", sorted(NATIVE))
 def test_native_layers_hold_what_assemble_builds(arch, size, as_rank):
     cfg = _config(arch)
     shape = tp.ModelShape.from_hf_config(cfg)
     ckpt = _checkpoint(cfg)
-    for rank in range(size):
-        as_rank(rank, size)
-        with set_current_vllm_config(VllmConfig()):
-            params = _load(*_native(arch, cfg), ckpt)
+    for rank, params in _each_rank(size, as_rank, lambda: _native(arch, cfg), ckpt):
         assert sorted(params) == sorted(tp.vllm_parameters(shape))
         _check(params, shape, rank, size, ckpt)
 
@@ -189,10 +187,7 @@ def test_transformers_backend_layers_hold_what_assemble_builds(arch, size, fuse,
     cfg = _config(arch)
     shape = tp.ModelShape.from_hf_config(cfg)
     ckpt = _checkpoint(cfg)
-    for rank in range(size):
-        as_rank(rank, size)
-        with set_current_vllm_config(VllmConfig()):
-            params = _load(*_transformers_backend(cfg, size, fuse, monkeypatch), ckpt)
+    for rank, params in _each_rank(size, as_rank, lambda: _transformers_backend(cfg, size, fuse, monkeypatch), ckpt):
         if fuse:
             assert sorted(params) == sorted(tp.vllm_parameters(shape))
         else:

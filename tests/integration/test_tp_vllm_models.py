@@ -17,9 +17,8 @@ import torch
 
 from randopt_hpc import tp
 from randopt_hpc.backends.vllm import sidestep_llvmlite_in_kernel_scan
-from tests.archs import vllm_patches_undone
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("hf_classes_as_they_were")]
 
 # vLLM's CPU attention needs head_dim >= 32. Biases on wherever the architecture's config has them.
 DIMS = dict(hidden_size=128, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
@@ -73,12 +72,6 @@ def _held(worker):
             param = owner.randopt_test_loaded
         out[name] = param.detach().cpu().clone()
     return out, model.config
-
-
-@pytest.fixture(autouse=True)
-def hf_classes_as_they_were():
-    with vllm_patches_undone():
-        yield
 
 
 @pytest.fixture

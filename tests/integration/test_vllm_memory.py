@@ -6,13 +6,13 @@ The pure rules behind these (the memory plan, the reader) are tested in tests/un
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import pytest
 
 from randopt_hpc.tasks import countdown_qa
+from tests.archs import sharded_folder
 from tests.conftest import ROOT, launch
 from tests.integration.conftest import engines_in_this_process
 
@@ -37,20 +37,14 @@ def _mistral_like(folder):
     weights (without an index it loads both files and the consolidated copy wins) or refuse the unknown
     name, and the worker reading it would select a tensor vLLM has no place for."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     for name in os.listdir(MODEL):
         if name.endswith(".json"):
             shutil.copy(os.path.join(MODEL, name), folder / name)
     t = load_file(os.path.join(MODEL, "model.safetensors"))
-    names = sorted(t)
-    files = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for file, part in files.items():
-        save_file({n: t[n] for n in part}, str(folder / file))
-    (folder / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {n: f for f, part in files.items() for n in part}}))
-    save_file({**{n: -v for n, v in t.items()}, "layers.0.attention.wq.weight": torch.zeros(4, 4)},
-              str(folder / "consolidated.safetensors"))
+    consolidated = {**{n: -v for n, v in t.items()}, "layers.0.attention.wq.weight": torch.zeros(4, 4)}
+    sharded_folder(folder, t, {"consolidated.safetensors": consolidated})
     return str(folder)
 
 

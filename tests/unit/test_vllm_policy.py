@@ -13,6 +13,7 @@ from randopt_hpc import tp
 from randopt_hpc.backends.vllm import GIB, VLLMMemoryError, memory_error, plan_memory
 from randopt_hpc.backends.vllm_checkpoint import Checkpoint, checkpoint_files, weight_bytes
 from randopt_hpc.config import ConfigError, load_config
+from tests.archs import sharded_folder
 
 CPU = dict(kv_cache_gib=None, utilization=0.9, pristine="device", on_cpu=True)
 GPU = dict(kv_cache_gib=None, utilization=0.9, pristine="device", on_cpu=False)
@@ -130,24 +131,11 @@ def _labelled() -> dict:
             .reshape(tp.source_shape(n, SHAPE)) for i, n in enumerate(names)}
 
 
-def _sharded_folder(path, tensors, extra=None):
-    """An HF folder with its tensors in two files listed by an index, plus unlisted `extra` files."""
-    names = sorted(tensors)
-    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for file, part in halves.items():
-        save_file({n: tensors[n] for n in part}, str(path / file))
-    (path / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {n: f for f, part in halves.items() for n in part}}))
-    for file, content in (extra or {}).items():
-        save_file(content, str(path / file))
-    return path
-
-
 def test_an_index_names_the_only_files_read(tmp_path):
     t = _labelled()
     # A Mistral-style consolidated file: the same names with other values, and a name of its own.
     other = {**{n: -v for n, v in t.items()}, "layers.0.attention.wq.weight": torch.zeros(2, 2)}
-    folder = _sharded_folder(tmp_path, t, {"consolidated.safetensors": other})
+    folder = sharded_folder(tmp_path, t, {"consolidated.safetensors": other})
     assert [f.rsplit("/", 1)[1] for f in checkpoint_files(str(folder))] == [
         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     with Checkpoint(str(folder)) as ckpt:
@@ -182,7 +170,7 @@ def test_slices_assemble_each_ranks_shard_as_the_whole_tensors_do(tmp_path, size
     """Reading only a shard's rows and columns gives what tp.assemble cuts from the loaded tensors, in the
     model's dtype (bfloat16 here: the cast happens before the parameter's own dtype, as vLLM loads)."""
     t = _labelled()
-    folder = _sharded_folder(tmp_path, t)
+    folder = sharded_folder(tmp_path, t)
     with Checkpoint(str(folder)) as ckpt:
         for param in PARAMS:
             for rank in range(size):
