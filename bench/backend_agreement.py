@@ -46,9 +46,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from randopt_hpc.config import ConfigError, from_dict, load_config
-    from randopt_hpc.data import load_examples
+    from randopt_hpc.data import load_examples, make_task
     from randopt_hpc.environment import Environment, setup_process
-    from randopt_hpc.run import make_task
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -54,11 +54,10 @@ def main() -> None:
     from randopt_hpc import population as pop
     from randopt_hpc.backends import make_backend
     from randopt_hpc.config import load_config
-    from randopt_hpc.data import load_examples
+    from randopt_hpc.data import load_examples, make_task
     from randopt_hpc.environment import Environment, setup_process
     from randopt_hpc.evaluate import Evaluator
     from randopt_hpc.progress import Timer
-    from randopt_hpc.tasks import get_task
 
     cfg = load_config(args.config, args.overrides)
     # As the main job: one rank's share of the cores for torch and numba, set before either starts.
@@ -80,7 +79,7 @@ def main() -> None:
     backend.generate(train[:1])
     # The run's own candidate evaluation, timed by the run's own timer.
     timer = Timer()
-    ev = Evaluator(backend, get_task(cfg.task.name, template=cfg.task.template), timer)
+    ev = Evaluator(backend, make_task(cfg), timer)
     start = time.perf_counter()
     for c in cands:
         ev.candidate(c, train, rank=0)

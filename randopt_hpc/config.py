@@ -23,10 +23,13 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str = ""
     dtype: str = "float32"
+    chat: str | bool = "auto"    # the chat template or the plain prompt; auto: the reference's rule (backends.base)
 
     def validate(self, paths: bool = True) -> None:
         _require(self.path != "", "model.path", "is required")
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _require(self.chat == "auto" or isinstance(self.chat, bool), "model.chat",
+                 f"must be one of auto, true, false; got {self.chat!r}")
         if not paths:
             return
         _require(os.path.isdir(self.path), "model.path", f"not a directory: {self.path}")
@@ -42,23 +45,28 @@ class TaskConfig:
     test_size: int = 2000
     seed: int = 0                # seed of the synthetic problems
     template: str | None = None  # tasks that take one (countdown_qa): the prompt's wording; null = the task's own
+    prompt_style: str | None = None   # tasks with several (countdown: reference | es); null = the task's default
 
-    def validate(self, paths: bool = True) -> None:
-        from randopt_hpc.tasks import TASKS
+    def validate(self, paths: bool = True, where: str = "task") -> None:
+        from randopt_hpc.tasks import TASKS, task_class
 
-        _choice("task.name", self.name, tuple(sorted(TASKS)))
+        _choice(f"{where}.name", self.name, tuple(sorted(TASKS)))
+        task = task_class(self.name)
         if self.template is not None:
-            task = TASKS[self.name]
-            _require(task.takes_template, "task.template", f"task {self.name} takes no prompt template")
+            _require(task.takes_template, f"{where}.template", f"task {self.name} takes no prompt template")
             try:
                 task.check_template(self.template)
             except ValueError as e:
-                raise ConfigError(f"task.template: {e}") from None
+                raise ConfigError(f"{where}.template: {e}") from None
+        if self.prompt_style is not None:
+            styles = getattr(task, "prompt_styles", ())
+            _require(bool(styles), f"{where}.prompt_style", f"task {self.name} has one prompt style; leave it null")
+            _choice(f"{where}.prompt_style", self.prompt_style, styles)
         if self.data is not None and paths:
-            _require(os.path.isfile(self.data), "task.data", f"no such file: {self.data}")
-        _within("task.train_size", self.train_size, 1, MAX_EXAMPLES)
-        _within("task.test_size", self.test_size, 1, MAX_EXAMPLES)
-        _require(self.seed >= 0, "task.seed", f"must be >= 0, got {self.seed}")
+            _require(os.path.isfile(self.data), f"{where}.data", f"no such file: {self.data}")
+        _within(f"{where}.train_size", self.train_size, 1, MAX_EXAMPLES)
+        _within(f"{where}.test_size", self.test_size, 1, MAX_EXAMPLES)
+        _require(self.seed >= 0, f"{where}.seed", f"must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,13 @@ class PopulationConfig:
 class SelectionConfig:
     top_k: tuple[int, ...] = (1, 5, 10)
     control: bool = True          # also vote K unselected members (the first K by index)
+    task: str | None = None       # several tasks: rank by this task's train score; null = the mean over tasks
 
-    def validate(self, n: int) -> None:
+    def validate(self, n: int, tasks: tuple = ()) -> None:
+        names = [t.name for t in tasks]
+        if self.task is not None:
+            _require(len(names) > 1, "selection.task", "names a task only when `task` lists several; leave it null")
+            _choice("selection.task", self.task, tuple(names))
         _require(len(self.top_k) >= 1, "selection.top_k", "must list at least one K")
         for k in self.top_k:
             _require(1 <= k <= n, "selection.top_k", f"each K must be in [1, population.size={n}], got {k}")
@@ -173,7 +186,8 @@ class VLLMConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: str = "hf"
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)   # the task, or the first of `tasks`
+    tasks: tuple[TaskConfig, ...] = ()    # several tasks scored on one population (`task:` given as a list)
     population: PopulationConfig = field(default_factory=PopulationConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -188,14 +202,26 @@ class Config:
         from randopt_hpc.backends import BACKENDS
 
         _choice("backend", self.backend, tuple(BACKENDS))
-        self.task.validate(paths)
+        if self.tasks:
+            _require(self.tasks[0] == self.task, "task", "with several tasks, `task` is the first of `tasks`")
+            for i, t in enumerate(self.tasks):
+                t.validate(paths, f"task[{i}]")
+            names = [t.name for t in self.tasks]
+            dup = next((n for n in names if names.count(n) > 1), None)
+            _require(dup is None, "task", f"task {dup} is listed twice; each task once")
+        else:
+            self.task.validate(paths)
         self.population.validate()
-        self.selection.validate(self.population.size)
+        self.selection.validate(self.population.size, self.all_tasks)
         self.generation.validate()
         self.output.validate()
         self.runtime.validate()
         self.vllm.validate()
         return self
+
+    @property
+    def all_tasks(self) -> tuple[TaskConfig, ...]:
+        return self.tasks or (self.task,)
 
     @property
     def k_max(self) -> int:
@@ -239,9 +265,15 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         item_t = get_args(typ)[0]
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             value = [value]   # `population.sigmas=1e-3` means a one-element list
+        if dataclasses.is_dataclass(item_t):
+            if not isinstance(value, list):
+                raise ConfigError(f"{name}: expected a list of mappings, got {type(value).__name__}")
+            return tuple(_build(item_t, v, f"{name}[{i}].") for i, v in enumerate(value))
         if not isinstance(value, list):
             raise ConfigError(f"{name}: expected a list, got {type(value).__name__} {value!r}")
         return tuple(_coerce(f"{name}[{i}]", v, item_t) for i, v in enumerate(value))
+    if origin is not None and set(get_args(typ)) == {str, bool}:   # `str | bool`: true/false, or a word
+        return value if isinstance(value, bool) else _coerce(name, value, str)
     if origin is not None and type(None) in get_args(typ):   # `X | None`: null, or an X
         inner = [t for t in get_args(typ) if t is not type(None)][0]
         return None if value is None else _coerce(name, value, inner)
@@ -281,7 +313,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if key not in valid:
             raise ConfigError(f"{name}: unknown key; valid keys: {', '.join(prefix + v for v in valid)}")
         typ = hints[key]
-        if dataclasses.is_dataclass(typ):
+        if cls is Config and key == "task" and isinstance(value, list):   # several tasks on one population
+            if not value:
+                raise ConfigError("task: an empty list; give one task or several")
+            if "tasks" in data:
+                raise ConfigError("task: a list here and `tasks` too; give the list once")
+            kwargs["tasks"] = _coerce("task", value, hints["tasks"])
+            kwargs["task"] = kwargs["tasks"][0]
+        elif dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, value if value is not None else {}, f"{name}.")
         else:
             kwargs[key] = _coerce(name, value, typ)
@@ -351,7 +390,9 @@ def to_dict(cfg: Any) -> dict:
     out = {}
     for f in fields(cfg):
         v = getattr(cfg, f.name)
-        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+        if isinstance(v, tuple):
+            v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else v
     return out
 
 

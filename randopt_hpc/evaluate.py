@@ -9,6 +9,7 @@ import time
 from randopt_hpc.population import Candidate
 from randopt_hpc.progress import Timer
 from randopt_hpc.records import Answers, BaseRecord, CandidateRecord, MemberRecord
+from randopt_hpc.tasks.base import score_all
 
 
 class Evaluator:
@@ -26,7 +27,7 @@ class Evaluator:
         with t("generate"):
             texts = self.backend.generate(examples)
         with t("score"):
-            scored = [self.task.score(x, ex) for x, ex in zip(texts, examples)]
+            scored = score_all(self.task, texts, examples)
         if cand is not None:
             with t("restore"):
                 self.backend.restore()

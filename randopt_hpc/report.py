@@ -45,18 +45,26 @@ def _ensemble(v: vote.EnsembleVote, answers: dict) -> dict:
     return group
 
 
+def _by_task(flags, examples, names) -> list[float]:
+    """Accuracy of per-example flags on each task's examples (one task: all of them)."""
+    return [vote.accuracy([f for f, ex in zip(flags, examples) if len(names) == 1 or ex.task == n]) for n in names]
+
+
 def build_tree(cfg, train, test, base: dict, population: list, order: list, votes: dict, member_answers: dict,
-               timings: list) -> dict:
+               timings: list, objective) -> dict:
     """The results.h5 tree (docs/results-schema.md): base = {split: Answers}, population = every
-    CandidateRecord, votes = {"selected": EnsembleVote, "control": EnsembleVote (optional)}."""
+    CandidateRecord, votes = {"selected": EnsembleVote, "control": EnsembleVote (optional)}, objective =
+    the ranking's score (randopt_hpc.tasks.multi.Objective)."""
     if [r.index for r in population] != list(range(cfg.population.size)):
         raise ValueError(f"population incomplete: {len(population)} of {cfg.population.size} candidates")
     answers = [r.answers for r in population]
+    names = list(objective.names)
     pop = {
         "index": np.arange(len(population), dtype=np.int64),
         "seed": np.array([r.seed for r in population], dtype=np.int64),
         "sigma": np.array([r.sigma for r in population]),
-        "train_score": np.array([a.score for a in answers]),
+        "train_score": np.array([objective(a.rewards) for a in answers]),
+        "train_score_by_task": np.array([objective.by_task(a.rewards) for a in answers], dtype=np.float64),
         "train_accuracy": np.array([a.accuracy for a in answers]),
         "train_reward": np.array([a.rewards for a in answers], dtype=np.float32),
         "train_correct": np.array([a.correct for a in answers], dtype=bool),
@@ -69,6 +77,8 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
     base_group = {}
     for split in ("train", "test"):
         b = base[split]
+        base_group[f"{split}_accuracy_by_task"] = np.array(_by_task(b.correct, train if split == "train" else test,
+                                                                    names))
         base_group.update({f"{split}_reward": np.array(b.rewards, dtype=np.float32),
                            f"{split}_correct": np.array(b.correct, dtype=bool),
                            f"{split}_key": _keys([b.keys])[0], f"{split}_answer": _texts([b.answers])[0],
@@ -78,8 +88,15 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
         "base": base_group,
         "selection": {"ranking": np.array(order, dtype=np.int64),
                       "top_k": np.array(sorted(cfg.selection.top_k), dtype=np.int64)},
-        "ensemble": {name: _ensemble(v, member_answers) for name, v in votes.items()},
-        "data": {"task": np.array(cfg.task.name, dtype=object),
+        "ensemble": {name: {**_ensemble(v, member_answers),
+                            "accuracy_by_task": np.array([_by_task(c, test, names) for c in v.voted_correct])}
+                     for name, v in votes.items()},
+        "data": {"task": np.array(cfg.task.name if len(names) == 1 else "+".join(names), dtype=object),
+                 "task_names": np.array(names, dtype=object),
+                 "train_task": np.array([ex.task or names[0] for ex in train], dtype=object),
+                 "test_task": np.array([ex.task or names[0] for ex in test], dtype=object),
+                 "train_truth": np.array([json.dumps(ex.truth, default=str) for ex in train], dtype=object),
+                 "test_truth": np.array([json.dumps(ex.truth, default=str) for ex in test], dtype=object),
                  "train_ids": np.array([ex.id for ex in train], dtype=object),
                  "test_ids": np.array([ex.id for ex in test], dtype=object),
                  "train_prompt": np.array([ex.prompt for ex in train], dtype=object),
@@ -102,6 +119,20 @@ def summary_rows(base: dict, population: list, order: list, votes: dict, member_
         if control is not None:
             rows.append((f"control-{k} vote (first {k} by index)", k, control.train_accuracy[i], control.accuracy[i]))
     return rows
+
+
+def task_table(names: list, base_by_task: list, votes: dict, test) -> str:
+    """Several tasks: test accuracy on each task, for the base model and every vote."""
+    rows = [("base", base_by_task)]
+    for name, v in votes.items():
+        rows += [(f"{'top' if name == 'selected' else 'control'}-{k} vote", _by_task(c, test, names))
+                 for k, c in zip(v.ks, v.voted_correct)]
+    width = max(len(r[0]) for r in rows)
+    cols = [max(len(n), 5) for n in names]
+    lines = [f"{'test accuracy':<{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, cols)),
+             "-" * (width + 2 + sum(cols) + 2 * (len(cols) - 1))]
+    lines += [f"{label:<{width}}  " + "  ".join(f"{a:>{w}.3f}" for a, w in zip(accs, cols)) for label, accs in rows]
+    return "\n".join(lines)
 
 
 def summary_table(rows) -> str:

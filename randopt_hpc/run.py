@@ -12,11 +12,13 @@ from randopt_hpc import population as pop
 from randopt_hpc import select, vote
 from randopt_hpc.comm import EXIT_INTERRUPTED, Preempted, StopFlag, exit_code, install_signals, make_comm, setup_logging
 from randopt_hpc.config import ConfigError, load_config
+from randopt_hpc.data import make_task
 from randopt_hpc.environment import Environment, setup_process
 from randopt_hpc.evaluate import Evaluator
 from randopt_hpc.lock import LockError
 from randopt_hpc.progress import Progress, Timer
 from randopt_hpc.runfolder import FINISHED, RunFolder
+from randopt_hpc.tasks.multi import Objective
 
 USAGE = "usage: python -m randopt_hpc.run CONFIG.yaml [key=value ...]"
 
@@ -36,8 +38,10 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     log.info("%d candidates of %d are mine, %d already done; %d train / %d test examples",
              len(mine), n, len(mine) - len(todo), len(train), len(test))
     timer = Timer()
+    task = make_task(cfg)
+    objective = Objective.of(train, [t.name for t in cfg.all_tasks], cfg.selection.task)
     with timer("load"):
-        ev = Evaluator(backend or load_backend(cfg, comm, env, log), make_task(cfg), timer, cfg.output.save_text)
+        ev = Evaluator(backend or load_backend(cfg, comm, env, log), task, timer, cfg.output.save_text)
     shard = folder.writer(rank)
     progress = Progress(folder, n, len(done.candidates), cfg.runtime.progress_every_s, log) if rank == 0 else None
 
@@ -51,7 +55,8 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
 
     # One global ranking from everyone's scores; every top-K is a prefix of it.
     with timer("wait"):
-        scores = dict(p for part in comm.allgather([(i, done.candidates[i].score) for i in mine]) for p in part)
+        scores = dict(p for part in comm.allgather([(i, objective(done.candidates[i].answers.rewards)) for i in mine])
+                      for p in part)
     if progress:
         progress.stop()
     order, k = select.ranking(list(scores), list(scores.values())), cfg.k_max
@@ -77,10 +82,11 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     if rank == 0:
         population, base, members = collect(parts, selected + control)
         ks, on_train = sorted(cfg.selection.top_k), {r.index: r.answers for r in population}
-        votes = {name: vote.vote_ensemble(group, ks, members, on_train)
+        judges = (vote.judge_with(task, test), vote.judge_with(task, train))
+        votes = {name: vote.vote_ensemble(group, ks, members, on_train, judges)
                  for name, group in (("selected", selected), ("control", control)) if group}
         write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members,
-                      [p["timing"] for p in parts])
+                      [p["timing"] for p in parts], objective)
     comm.barrier()
 
 
@@ -228,12 +234,6 @@ def collect(parts: list[dict], members: list[int]) -> tuple[list, dict, dict]:
             {m: answered[("member", m)] for m in dict.fromkeys(members)})
 
 
-def make_task(cfg):
-    from randopt_hpc.tasks import get_task
-
-    return get_task(cfg.task.name, template=cfg.task.template)
-
-
 def load_backend(cfg, comm, env, log):
     """The configured backend on the model, staged first (one copy per node) when runtime.stage_dir asks."""
     from randopt_hpc.backends import make_backend
@@ -250,15 +250,19 @@ def load_backend(cfg, comm, env, log):
     return make_backend(cfg, model_path)
 
 
-def write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, timings) -> None:
+def write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, timings,
+                  objective) -> None:
     """Rank 0: serialise everything to results.h5 and log the summary table."""
-    from randopt_hpc.report import build_tree, provenance, summary_rows, summary_table
+    from randopt_hpc.report import build_tree, provenance, summary_rows, summary_table, task_table
 
     log.info("base model: train accuracy %.3f, test accuracy %.3f", base["train"].accuracy, base["test"].accuracy)
-    tree = build_tree(cfg, train, test, base, population, order, votes, members, timings)
+    tree = build_tree(cfg, train, test, base, population, order, votes, members, timings, objective)
     path = folder.write_results(tree, provenance(cfg, comm, [t["hostname"] for t in timings]))
     log.info("summary (N=%d, K=%s, sigmas=%s):\n%s", cfg.population.size, list(cfg.selection.top_k),
              list(cfg.population.sigmas), summary_table(summary_rows(base, population, order, votes, members)))
+    if len(objective.names) > 1:
+        log.info("by task:\n%s", task_table(list(objective.names), tree["base"]["test_accuracy_by_task"].tolist(),
+                                             votes, test))
     log.info("results: %s", os.path.abspath(path))
 
 

@@ -34,11 +34,12 @@ def kind_of_answer(seed: int | None, example_id: str) -> str:
     return "right" if u < skill else ("wrong" if u < skill + (1 - skill) / 2 else "junk")
 
 
-def answer_text(kind: str, numbers) -> str:
+def answer_text(kind: str, numbers, task: str = "") -> str:
     """The completion for a sum-target problem (target = a + b + c): numbers are >= 1, so a + b - c is
-    never the target."""
+    never the target. For the countdown task (in a run of several tasks) the answer is in its tags."""
     a, b, c = numbers
-    return {"right": f" {a}+{b}+{c}", "wrong": f" {a}+{b}-{c}", "junk": " ?"}[kind] + "\nQ:"
+    answer = {"right": f" {a}+{b}+{c}", "wrong": f" {a}+{b}-{c}", "junk": " ?"}[kind]
+    return f"ok</think>\n<answer>{answer}</answer>" if task == "countdown" else answer + "\nQ:"
 
 
 class FakeBackend(BaseBackend):
@@ -59,7 +60,7 @@ class FakeBackend(BaseBackend):
 
     def generate(self, examples) -> list[str]:
         self.generated += len(examples)
-        return [answer_text(kind_of_answer(self.seed, ex.id), ex.numbers) for ex in examples]
+        return [answer_text(kind_of_answer(self.seed, ex.id), ex.numbers, ex.task) for ex in examples]
 
 
 def sum_problems(path: Path, n: int, seed: int = 0) -> Path:

@@ -177,7 +177,7 @@ def _teach_format(model, tok, steps, batch, lr, seed):
     from randopt_hpc.tasks import countdown
 
     records = countdown.synthetic_records(steps * batch, seed + 1000)
-    examples = countdown.examples_from_records(records)
+    examples = countdown.examples_from_records(records, "es")   # the prompt ends in <think>: teach what follows
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses = []
     model.train()

@@ -118,10 +118,15 @@ def discordance(files: list[tuple[str, object]], splits: int | None) -> dict:
         names = [f"train block {j + 1}/{splits}" for j in range(splits)]
         m = f["population/train_reward"].shape[1]
         source = f"{path}: {splits} disjoint contiguous blocks of the {m} train examples"
+    elif len(files) == 1 and len(runfile.task_names(files[0][1])) > 1:   # one run scored on several tasks
+        path, f = files[0]
+        cols = f["population/train_score_by_task"][()]
+        names = [f"{name} (train score)" for name in runfile.task_names(f)]
+        source = f"{path}: the train score on each of its {len(names)} tasks"
     else:
         if len(files) < 2:
-            raise ResultsError("discordance needs 2 or more results files of the same population, "
-                               "or one file with --splits M")
+            raise ResultsError("discordance needs 2 or more results files of the same population, one file of a "
+                               "run on several tasks, or one file with --splits M")
         pops = [{"seed": f["population/seed"][()], "sigma": f["population/sigma"][()]} for _, f in files]
         for (path, _), pop in zip(files[1:], pops[1:]):
             why = runfile.same_population(pops[0], pop)

@@ -90,6 +90,13 @@ def task(f) -> str:
     return str(f.attrs.get("task", "?"))
 
 
+def task_names(f) -> list[str]:
+    """The tasks a run scored its population on, in config order (files before multi-task runs: one)."""
+    if "data/task_names" in f:
+        return [t.decode() if isinstance(t, bytes) else str(t) for t in strings(f, "data/task_names")]
+    return [task(f)]
+
+
 def run_name(f, path: str) -> str:
     """The run's output folder name (from its config), else the folder holding the file."""
     out = (config(f).get("output") or {}).get("dir")

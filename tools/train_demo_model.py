@@ -25,6 +25,7 @@ import random
 import time
 
 from randopt_hpc.tasks import countdown_qa
+from randopt_hpc.tasks.demo_skills import fresh_problem, sample  # noqa: F401 - fresh_problem: tests
 
 HELDOUT = 2000          # demo configs use task.seed 0 and train_size + test_size <= HELDOUT
 MIXTURE = {"add": 1, "sub": 1, "mul": 1, "eval": 1, "verify": 1, "countdown": 2}
@@ -32,37 +33,6 @@ MIXTURE = {"add": 1, "sub": 1, "mul": 1, "eval": 1, "verify": 1, "countdown": 2}
 
 def heldout_keys(n: int = HELDOUT, seed: int = 0) -> set:
     return {countdown_qa.problem_key(r["numbers"], r["target"]) for r in countdown_qa.synthetic_records(n, seed)}
-
-
-def fresh_problem(rng: random.Random, exclude: set) -> tuple[list[int], int, str]:
-    while True:
-        numbers, target, expr = countdown_qa.random_problem(rng)
-        if countdown_qa.problem_key(numbers, target) not in exclude:
-            return numbers, target, expr
-
-
-def sample(rng: random.Random, skill: str, exclude: set) -> tuple[str, str]:
-    """(prompt, answer) for one example of a skill; the prompt ends with 'A:'."""
-    alt = rng.random() < 0.5    # a second wording for every skill
-    if skill in ("add", "sub", "mul"):
-        hi = 999 if skill != "mul" else 40
-        a, b = rng.randint(0, hi), rng.randint(0, hi if skill != "mul" else 25)
-        if skill == "sub" and b > a:
-            a, b = b, a
-        op, word = {"add": ("+", "plus"), "sub": ("-", "minus"), "mul": ("*", "times")}[skill]
-        value = {"add": a + b, "sub": a - b, "mul": a * b}[skill]
-        return (f"Q: what is {a} {word} {b}? A:", f"{value}") if alt else (f"Q: {a}{op}{b}= A:", f"{value}")
-    # Every skill built on a three-number expression skips held-out problems, so no demo problem's
-    # solution leaks in through evaluation or checking either.
-    numbers, target, expr = fresh_problem(rng, exclude)
-    if skill == "eval":
-        return (f"Q: {expr}= A:", f"{target}") if not alt else (f"Q: {expr}= A:", f"{expr}={target}")
-    if skill == "verify":
-        shown = target if rng.random() < 0.5 else max(0, target + rng.choice((-2, -1, 1, 2, 10)))
-        return f"Q: {expr}={shown}? A:", "yes" if shown == target else "no"
-    if alt:
-        return f"Q: make {target} from {' '.join(map(str, numbers))} A:", expr
-    return countdown_qa.prompt(numbers, str(target)), expr
 
 
 def batches(seed: int, steps: int, batch: int, exclude: set):

@@ -11,4 +11,6 @@ def make_backend(cfg, model_path: str | None = None):
     """The configured backend; model_path, when given, is a staged copy of cfg.model.path."""
     module, name = BACKENDS[cfg.backend]
     cls = getattr(importlib.import_module(module), name)
-    return cls.from_config(cfg, model_path or cfg.model.path)
+    backend = cls.from_config(cfg, model_path or cfg.model.path)
+    backend.set_chat(cfg.model.chat, cfg.model.path)   # the configured name: a staged copy's folder is not it
+    return backend

@@ -76,6 +76,18 @@ def cut_at_stop(ids: Iterable[int], stop_ids: Iterable[int]) -> list[int]:
     return out
 
 
+INSTRUCT_MARKS = ("instruct", "chat", "it")
+
+
+def use_chat(mode: str | bool, model_name: str, has_template: bool) -> bool:
+    """Whether prompts go through the chat template. auto is the reference's rule (RandOpt randopt.py):
+    the template when the model's name, lower-cased, contains "instruct", "chat" or "it" (a substring:
+    "gemma-2-2b-it", but also "…-edit" or "…-lite") and the tokenizer has one; else the plain prompt."""
+    if mode == "auto":
+        return has_template and any(mark in model_name.lower() for mark in INSTRUCT_MARKS)
+    return bool(mode) and has_template
+
+
 class BaseBackend:
     """The perturb/restore guard and the per-example-list cache of encoded prompts. Subclasses provide
     _perturb, _restore, _encode(examples) and generate_ids(examples), and set `tokenizer`, `names` and
@@ -105,9 +117,25 @@ class BaseBackend:
             self._encoded[key] = self._encode(examples)
         return self._encoded[key]
 
+    chat_mode: str | bool = "auto"   # config model.chat
+    model_name: str = ""             # what the auto rule reads: the model folder's name
+
+    def set_chat(self, mode: str | bool, model_path: str) -> None:
+        """model.chat: true (the chat template; ConfigError when the tokenizer has none), false (the plain
+        prompt), auto (the reference's rule, see use_chat)."""
+        from randopt_hpc.config import ConfigError
+
+        self.chat_mode, self.model_name = mode, os.path.basename(os.path.normpath(model_path))
+        if mode is True and not self.has_template:
+            raise ConfigError(f"model.chat: true, but the tokenizer of {model_path} has no chat template")
+
+    @property
+    def has_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
     @property
     def chat(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return use_chat(self.chat_mode, self.model_name, self.has_template)
 
     def prompt_text(self, ex: Example) -> str:
         """The text the model is fed: the raw prompt, or the chat template's rendering."""

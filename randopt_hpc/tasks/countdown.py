@@ -1,71 +1,90 @@
 """Countdown: combine the given numbers with + - * / into an expression that equals the target.
 
-Scoring follows the reference code of the RandOpt / ES-at-scale papers: reward = 0.1 * format +
-answer, where format is 1.0 for "<think>…</think>\n<answer>…</answer>" and otherwise 0.1 for a
-think pair plus 0.5 for an answer pair, and answer is 1 when the expression uses every given
-number exactly once and hits the target within 1e-5.
+Two prompt styles (config task.prompt_style):
+- reference (the default): the RandOpt repository's prompt byte for byte (data_handlers/countdown.py):
+  the numbers shown as a Python list ("[44, 19, 35]"), the target as the data gives it, a system and a
+  user message; without a chat template the two joined by newlines (base.reference_prompt), nothing
+  prefilled.
+- es: the ES-at-scale wording: numbers numpy-style ("[44 19 35]"), the raw prompt ending in
+  "Let me solve this step by step.\n<think>" (the data's `context` when a row has one), and "<think>"
+  prefilled after a chat template too.
 
-Where this departs from (or pins down) the reference, and why:
-- Expressions are evaluated by a small recursive-descent parser, never eval. It accepts what the
-  reference's character filter and Python's eval would jointly accept, minus unary signs: unary
-  minus/plus are rejected (a reference answer like "-3 + 5" would have counted 3 and 5 as used
-  while negating one; we read that as not using the numbers as given). Literals with leading zeros
-  ("05") are rejected too, as Python's eval rejects them ("00" is accepted, as there).
-- Hard bounds (length, digits, nesting, magnitude) keep every evaluation to one strip plus a
-  parse of at most 256 characters.
-- The LAST <answer>…</answer> is graded, so a model that revises its answer is graded on its
-  final word.
-- The format check is the reference regex re-expressed with str.find, so it stays linear in the
-  completion length; tests check it agrees with the regex.
+Scoring is the reference reward (utils/reward_score/countdown.py), the same in both styles:
+reward = 0.1 * format + answer, on "<think>" + completion (the reference prepends it whether or not the
+prompt prefilled it). format is 1.0 when the text is "<think>…</think>\n<answer>…</answer>" (one final
+newline allowed), else 0.1 for a think pair plus 0.5 for an answer pair. answer is 1.0 when the LAST
+answer's contents, unstripped, are only the characters 0-9 + - * / ( ) and space (one final newline
+allowed, as the regex's `$` allows), its digit runs are the given numbers (as a multiset), and it
+evaluates as Python evaluates it (unary signs, ** and // included) to within 1e-5 of the target.
+So "<answer>\n44 + 19 + 35\n</answer>" earns no answer reward: the leading newline fails the filter.
+`correct` is answer == 1.0 (the reference's is_answer_correct).
+
+The vote is the reference's extract_answer_for_voting, which is more lenient than the reward: the
+answer is stripped (any whitespace), every digit run must be at most 1000 and the runs must be the
+given numbers, and the key is the value ("9", or str(float) when not within 1e-9 of an integer), so
+different expressions of one value vote together. A voted key is right when its value is within 1e-5
+of the target (is_voted_answer_correct): `key_correct`.
+
+Where this departs from the reference, and why: expressions are never eval'd. Python's own parser
+(ast.parse, as eval would parse them) reads them and a small evaluator applies Python's operators,
+refusing integers past 2**16 bits, where the reference would compute `9**9**9` for hours; such an answer
+scores no answer reward. An answer of more than 512 characters is refused, so that no answer costs more
+than a few milliseconds (Python parses 500 nested signs in about 3 ms).
 """
 from __future__ import annotations
 
+import ast
 import math
+import operator
 import random
+import re
 
-from randopt_hpc.tasks.base import Example, Scored, has_tag_pair, last_tag_content, record_id
+from randopt_hpc.tasks.base import (
+    Example,
+    Scored,
+    bad_field,
+    has_tag_pair,
+    last_tag_content,
+    record_id,
+    reference_prompt,
+)
+from randopt_hpc.tasks.expression import MAX_ABS, MAX_DIGITS
 
 SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in your mind "
           "and then provide the user with the answer.")
-RESPONSE_PREFIX = "<think>"
+ES_PREFIX = "<think>"
+STYLES = ("reference", "es")
 
-MAX_LEN = 256        # characters, after strip
-MAX_DIGITS = 10      # per integer literal
-MAX_DEPTH = 32       # parenthesis nesting
-MAX_ABS = 1e12       # every intermediate value; keeps float arithmetic exact on integers
-TOLERANCE = 1e-5
+TOLERANCE = 1e-5          # reward and voted correctness (reference ANSWER_MATCH_TOLERANCE)
+KEY_INTEGRAL = 1e-9       # a value this close to an integer votes as that integer (reference NUMERIC_TOLERANCE)
+MAX_VOTE_NUMBER = 1000    # a digit run past this never votes (reference MAX_FORMULA_NUMBER)
+MAX_ANSWER_CHARS = 512    # a Countdown answer is a few dozen characters; parsing more is a cost, not a use
+MAX_BITS = 1 << 16        # any integer along the way
 
-_WHITESPACE = " \t\n\r\f\v"   # ASCII only: str.isspace would admit exotic unicode spaces
-_OPERATORS = "+-*/()"
+_ALLOWED = frozenset("0123456789+-*/() ")
 
 
 # --------------------------------------------------------------------------- prompts and records
 
 def numbers_text(numbers) -> str:
-    # The reference formats str(np.array(numbers)): right-aligned to the widest, one space apart
-    # ("[83 78  1 39]"). Matching it keeps synthetic/plain prompts identical to the data's `context`.
+    # ES-at-scale formats str(np.array(numbers)): right-aligned to the widest, one space apart
+    # ("[83 78  1 39]"). Matching it keeps synthetic prompts identical to the data's `context`.
     width = max(len(str(n)) for n in numbers)
     return " ".join(str(n).rjust(width) for n in numbers)
 
 
 def user_text(numbers_shown: str, target_text: str) -> str:
-    return (f"Using the numbers [{numbers_shown}], create an equation that equals {target_text}. "
+    """The user message; numbers_shown includes the brackets ("[44, 19, 35]" or "[44 19 35]")."""
+    return (f"Using the numbers {numbers_shown}, create an equation that equals {target_text}. "
             "You can use basic arithmetic operations (+, -, *, /) and each number can only be used once. "
             "Show your work in <think> </think> tags. And return the final answer in <answer> </answer> tags, "
             "for example <answer> (1 + 2) / 3 </answer>.")
 
 
-def raw_prompt(numbers_shown: str, target_text: str) -> str:
-    # The reference concatenates without spaces ("answer.Using", "</answer>.Let"); the data's
-    # `context` field has exactly this text, so keep it byte for byte.
-    return SYSTEM + user_text(numbers_shown, target_text) + "Let me solve this step by step.\n" + RESPONSE_PREFIX
-
-
-def _bad(index: int, field: str, why: str, value) -> ValueError:
-    shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return ValueError(f"row {index}: field {field!r} {why}, got {shown}")
+def es_raw_prompt(numbers_shown: str, target_text: str) -> str:
+    # ES-at-scale concatenates without spaces ("answer.Using", "</answer>.Let"); its data's `context`
+    # field has exactly this text, so keep it byte for byte.
+    return SYSTEM + user_text(numbers_shown, target_text) + "Let me solve this step by step.\n" + ES_PREFIX
 
 
 def parse_row(row: dict, index: int) -> tuple[tuple[int, ...], float, str]:
@@ -79,11 +98,11 @@ def _numbers(row: dict, index: int) -> tuple[int, ...]:
     value = row.get("numbers")
     why = "must be a non-empty list of non-negative integers"
     if not isinstance(value, (list, tuple)) or not value:
-        raise _bad(index, "numbers", why, value)
+        raise bad_field(index, "numbers", why, value)
     out = []
     for v in value:
         if isinstance(v, bool):
-            raise _bad(index, "numbers", why, value)
+            raise bad_field(index, "numbers", why, value)
         if isinstance(v, int):
             n = v
         elif isinstance(v, float) and v.is_integer():
@@ -91,9 +110,9 @@ def _numbers(row: dict, index: int) -> tuple[int, ...]:
         elif isinstance(v, str) and v.strip().isascii() and v.strip().isdigit():
             n = int(v.strip())
         else:
-            raise _bad(index, "numbers", why, value)
+            raise bad_field(index, "numbers", why, value)
         if n < 0 or n >= 10**MAX_DIGITS:   # a number no answer can write (the parser's literal bound)
-            raise _bad(index, "numbers", why, value)
+            raise bad_field(index, "numbers", why, value)
         out.append(n)
     return tuple(out)
 
@@ -103,198 +122,165 @@ def _target(row: dict, index: int) -> tuple[float, str]:
     value = row.get("target")
     why = f"must be a number of magnitude at most {MAX_ABS:.0e} (or a string holding one)"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _bad(index, "target", why, value)
+        raise bad_field(index, "target", why, value)
     if isinstance(value, int):
         if abs(value) > MAX_ABS:    # before float(): a 400-digit integer does not convert
-            raise _bad(index, "target", why, value)
+            raise bad_field(index, "target", why, value)
         return float(value), str(value)
     if isinstance(value, float):
         if not math.isfinite(value) or abs(value) > MAX_ABS:
-            raise _bad(index, "target", why, value)
+            raise bad_field(index, "target", why, value)
         return value, str(int(value)) if value.is_integer() else repr(value)
     text = value.strip()
     if len(text) > 64:
-        raise _bad(index, "target", why, value)
+        raise bad_field(index, "target", why, value)
     try:
         number = float(text)
     except ValueError:
-        raise _bad(index, "target", why, value) from None
+        raise bad_field(index, "target", why, value) from None
     if not math.isfinite(number) or abs(number) > MAX_ABS:
-        raise _bad(index, "target", why, value)
+        raise bad_field(index, "target", why, value)
     return number, text
 
 
-def examples_from_records(records: list[dict]) -> list[Example]:
-    """ES-at-scale rows {id, context, numbers, target, solution} or plain {numbers, target} rows.
-    Solutions are never used: they are unreliable in the published data and not needed to score."""
+def examples_from_records(records: list[dict], style: str = "reference") -> list[Example]:
+    """Rows {numbers, target} (the RandOpt data), or ES-at-scale rows {id, context, numbers, target,
+    solution}. Solutions are never used: they are unreliable in the published data and not needed to score.
+    The reference style shows the row's own values as the reference's str.format does; es shows the
+    parsed numbers numpy-style and takes the row's `context` as the raw prompt when there is one."""
     examples = []
     for i, row in enumerate(records):
         numbers, target, target_text = parse_row(row, i)
-        shown = numbers_text(numbers)
-        context = row.get("context")
-        prompt = context if isinstance(context, str) and context else raw_prompt(shown, target_text)
-        messages = (("system", SYSTEM), ("user", user_text(shown, target_text)))
-        examples.append(Example(id=record_id(row, i), prompt=prompt, messages=messages,
-                                response_prefix=RESPONSE_PREFIX, numbers=numbers, target=target))
+        if style == "es":
+            shown = f"[{numbers_text(numbers)}]"
+            messages = (("system", SYSTEM), ("user", user_text(shown, target_text)))
+            context = row.get("context")
+            prompt = context if isinstance(context, str) and context else es_raw_prompt(shown, target_text)
+            prefix = ES_PREFIX
+        else:
+            messages = (("system", SYSTEM), ("user", user_text(str(list(row["numbers"])), str(row["target"]))))
+            prompt, prefix = reference_prompt(messages), ""
+        examples.append(Example(id=record_id(row, i), prompt=prompt, messages=messages, response_prefix=prefix,
+                                numbers=numbers, target=target))
     return examples
 
 
-# --------------------------------------------------------------------------- expressions
+# --------------------------------------------------------------------------- expressions, as Python reads them
 
-class _Reject(Exception):
+class _TooBig(Exception):
     pass
 
 
-def _tokenize(text: str) -> list | None:
-    """ints and operator characters; None on anything outside the grammar."""
-    tokens: list = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c in _WHITESPACE:
-            i += 1
-        elif "0" <= c <= "9":   # not str.isdigit: that admits unicode digits such as "٣"
-            j = i + 1
-            while j < n and "0" <= text[j] <= "9":
-                j += 1
-            # Leading zeros follow Python's literal rule (the reference evals): "00" yes, "05" no.
-            if j - i > MAX_DIGITS or (text[i] == "0" and text[i:j].strip("0")):
-                return None
-            tokens.append(int(text[i:j]))
-            i = j
-        elif c in _OPERATORS:
-            tokens.append(c)
-            i += 1
-        else:
-            return None
-    return tokens
+def _power(a, b):
+    if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1 and \
+            (b > MAX_BITS or (abs(a).bit_length() - 1) * b > MAX_BITS):
+        raise _TooBig
+    return a ** b
 
 
-class _Parser:
-    """expr := term (("+"|"-") term)* ; term := factor (("*"|"/") factor)* ; factor := INT | "(" expr ")" """
-
-    def __init__(self, tokens: list):
-        self.tokens = tokens
-        self.pos = 0
-
-    def _peek(self):
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
-
-    @staticmethod
-    def _checked(v: float) -> float:
-        if not math.isfinite(v) or abs(v) > MAX_ABS:
-            raise _Reject
-        return v
-
-    def parse(self) -> float:
-        v = self._expr(0)
-        if self.pos != len(self.tokens):
-            raise _Reject
-        return v
-
-    def _expr(self, depth: int) -> float:
-        v = self._term(depth)
-        while self._peek() in ("+", "-"):
-            op = self.tokens[self.pos]
-            self.pos += 1
-            w = self._term(depth)
-            v = self._checked(v + w if op == "+" else v - w)
-        return v
-
-    def _term(self, depth: int) -> float:
-        v = self._factor(depth)
-        while self._peek() in ("*", "/"):
-            op = self.tokens[self.pos]
-            self.pos += 1
-            w = self._factor(depth)
-            if op == "*":
-                v = self._checked(v * w)
-            else:
-                if w == 0:
-                    raise _Reject
-                v = self._checked(v / w)
-        return v
-
-    def _factor(self, depth: int) -> float:
-        tok = self._peek()
-        self.pos += 1
-        if isinstance(tok, int):
-            return self._checked(float(tok))
-        if tok == "(":
-            if depth >= MAX_DEPTH:
-                raise _Reject
-            v = self._expr(depth + 1)
-            if self._peek() != ")":
-                raise _Reject
-            self.pos += 1
-            return v
-        raise _Reject   # an operator, ")" or the end where a number belongs (this is where unary signs die)
+def _times(a, b):
+    if isinstance(a, int) and isinstance(b, int) and a.bit_length() + b.bit_length() > MAX_BITS:
+        raise _TooBig
+    return a * b
 
 
-def _parse(text) -> tuple[float, list[int]] | None:
-    """(value, integer literals in order) or None. Never raises."""
-    if not isinstance(text, str):
-        return None
-    text = text.strip()   # one C-speed pass, so even a megabyte costs about a millisecond
-    if not text or len(text) > MAX_LEN:
-        return None
-    tokens = _tokenize(text)
-    if not tokens:
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: _times, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Pow: _power}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+
+
+def python_value(text: str):
+    """What eval(text) gives for text over the reference's characters: an int, float or complex (a
+    negative number to a fractional power), or None where eval would raise or the bounds refuse. The
+    walk is iterative: Python parses a thousand nested unary signs, which would overflow a recursive one."""
+    if len(text) > MAX_ANSWER_CHARS:
         return None
     try:
-        value = _Parser(tokens).parse()
-    except (_Reject, ArithmeticError, RecursionError):
-        return None
-    return value, [t for t in tokens if isinstance(t, int)]
-
-
-def evaluate_expression(text) -> float | None:
-    """Value of an arithmetic expression over non-negative integer literals, or None when the text
-    is outside the grammar or its bounds (see module docstring). Never raises."""
-    parsed = _parse(text)
-    return None if parsed is None else parsed[0]
-
-
-def _as_ints(numbers) -> list[int] | None:
-    try:
-        out = []
-        for n in numbers:
-            if isinstance(n, bool):
+        tree = ast.parse(text.lstrip(" \t"), mode="eval")   # eval() strips leading spaces and tabs; parse does not
+        stack, values = [(tree.body, False)], []
+        while stack:
+            node, ready = stack.pop()
+            if isinstance(node, ast.Constant) and type(node.value) is int:
+                values.append(node.value)
+            elif isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+                if ready:
+                    values.append(_UNARY[type(node.op)](values.pop()))
+                else:
+                    stack += [(node, True), (node.operand, False)]
+            elif isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+                if ready:
+                    b = values.pop()
+                    values.append(_BINARY[type(node.op)](values.pop(), b))
+                else:   # left first, as Python: its error is the one raised
+                    stack += [(node, True), (node.right, False), (node.left, False)]
+            else:   # "()" or "(1)(2)": Python builds a tuple or calls an int, and float() of it fails
                 return None
-            if isinstance(n, float):
-                if not n.is_integer():
-                    return None
-                n = int(n)
-            if not isinstance(n, int):
-                return None
-            out.append(n)
-        return out
-    except TypeError:
+        return values[0]
+    except (SyntaxError, ArithmeticError, RecursionError, MemoryError, TypeError, ValueError, _TooBig):
         return None
 
 
-def _uses_exactly(literals: list[int], numbers) -> bool:
-    given = _as_ints(numbers)
-    return given is not None and sorted(literals) == sorted(given)
+def _passes_filter(content: str) -> bool:
+    r"""re.match(r"^[0-9+\-*/() ]+$", content): `$` also matches before one final newline."""
+    body = content[:-1] if content.endswith("\n") else content
+    return bool(body) and all(c in _ALLOWED for c in body)
 
 
-def is_correct(answer_text, numbers, target) -> bool:
-    """True when answer_text uses each given number exactly as often as it is given and evaluates
-    within 1e-5 of target (str, int or float). Never raises."""
-    parsed = _parse(answer_text)
-    if parsed is None or not _uses_exactly(parsed[1], numbers):
+def _same_numbers(text: str, numbers) -> bool:
+    r"""sorted(int(n) for n in re.findall(r"\d+", text)) == sorted(numbers), for text already limited to
+    ASCII digits; a run of more significant digits than any given number differs without int() (which
+    refuses past 4300 digits)."""
+    runs = re.findall(r"[0-9]+", text)
+    if len(runs) != len(numbers) or any(len(r.lstrip("0")) > MAX_DIGITS for r in runs):
         return False
+    return sorted(int(r) for r in runs) == sorted(numbers)
+
+
+def _close(value, target: float) -> bool:
     try:
-        goal = float(target)
-    except (TypeError, ValueError, OverflowError):
+        return abs(float(value) - float(target)) < TOLERANCE
+    except (TypeError, ValueError, OverflowError):   # a complex value, an integer past float range
         return False
-    return abs(parsed[0] - goal) <= TOLERANCE
+
+
+def answer_reward(content: str | None, numbers, target: float) -> float:
+    """The reference answer reward of the last answer's contents (unstripped)."""
+    if not content or len(content) > MAX_ANSWER_CHARS or not _passes_filter(content) or \
+            not _same_numbers(content, numbers):
+        return 0.0
+    value = python_value(content)
+    return 1.0 if value is not None and _close(value, target) else 0.0
+
+
+def vote_key(content: str | None, numbers) -> str | None:
+    """The reference's voting key of the last answer's contents, or None (abstain)."""
+    formula = content.strip() if content and len(content) <= MAX_ANSWER_CHARS else ""
+    if not formula or not all(c in _ALLOWED for c in formula):
+        return None
+    if not _same_numbers(formula, numbers) or any(int(r) > MAX_VOTE_NUMBER for r in re.findall(r"[0-9]+", formula)):
+        return None
+    value = python_value(formula)
+    if value is None:
+        return None
+    try:
+        nearest = round(value)
+        return str(int(nearest)) if abs(value - nearest) < KEY_INTEGRAL else str(value)
+    except (TypeError, ValueError, OverflowError):   # complex, nan, inf: the reference's except clause
+        return None
+
+
+def key_correct(key: str, example: Example) -> bool:
+    """Whether a voted key's value is the target (the reference's is_voted_answer_correct)."""
+    try:
+        return bool(key) and _close(float(key), example.target)
+    except ValueError:
+        return False
 
 
 # --------------------------------------------------------------------------- scoring
 
 def full_format(text: str) -> bool:
-    """re.match(r"^<think>.*?</think>\\n<answer>.*?</answer>$", text, re.DOTALL) in linear time.
+    r"""re.match(r"^<think>.*?</think>\n<answer>.*?</answer>$", text, re.DOTALL) in linear time.
     `$` also matches before one final newline, as in the reference."""
     if not text.startswith("<think>"):
         return False
@@ -313,29 +299,12 @@ def format_score(text: str) -> float:
     return (0.1 if has_tag_pair(text, "think") else 0.0) + (0.5 if has_tag_pair(text, "answer") else 0.0)
 
 
-def vote_key(value: float) -> str:
-    # Rounded so that answers equal up to float noise vote together; + 0.0 turns -0.0 into 0.0.
-    return f"{round(value, 5) + 0.0:.5f}"
-
-
-def usable_value(answer, numbers) -> float | None:
-    """The value of an answer that is a valid expression using exactly the given numbers, else None.
-    Only such answers vote: an expression over other numbers answers a different question."""
-    parsed = _parse(answer)
-    return parsed[0] if parsed is not None and _uses_exactly(parsed[1], numbers) else None
-
-
-def score_answer(answer: str | None, example: Example, format_value: float) -> Scored:
-    value = usable_value(answer, example.numbers)
-    correct = value is not None and abs(value - float(example.target)) <= TOLERANCE
-    return Scored(reward=0.1 * format_value + (1.0 if correct else 0.0), correct=bool(correct),
-                  key=None if value is None else vote_key(value), answer=answer)
-
-
 def score(completion: str, example: Example) -> Scored:
-    text = example.response_prefix + (completion if isinstance(completion, str) else "")
-    content = last_tag_content(text, "answer")
-    return score_answer(None if content is None else content.strip(), example, format_score(text))
+    completion = completion if isinstance(completion, str) else ""
+    content = last_tag_content(completion, "answer")
+    answer = answer_reward(content, example.numbers, example.target)
+    return Scored(reward=0.1 * format_score("<think>" + completion) + answer, correct=answer >= 1.0,
+                  key=vote_key(content, example.numbers), answer=None if content is None else content.strip())
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -390,7 +359,17 @@ class Countdown:
     """The Task (randopt_hpc.tasks.base.Task) over this module's functions."""
     name = "countdown"
     takes_template = False
+    prompt_styles = STYLES
     synthetic_limit = None      # rows may repeat: no limit but config's own bound on the sizes
-    examples_from_records = staticmethod(examples_from_records)
+    data_format = "a JSON list or JSON lines of rows with numbers (a list of integers) and target"
     synthetic_records = staticmethod(synthetic_records)
     score = staticmethod(score)
+    key_correct = staticmethod(key_correct)
+
+    def __init__(self, prompt_style: str = "reference"):
+        if prompt_style not in STYLES:
+            raise ValueError(f"task.prompt_style must be one of {', '.join(STYLES)}; got {prompt_style!r}")
+        self.prompt_style = prompt_style
+
+    def examples_from_records(self, records):
+        return examples_from_records(records, self.prompt_style)

@@ -3,9 +3,9 @@
     Q: use 9 18 20 to make 182 A: 20+18*9
 
 The shipped demo model (models/demo/) was pretrained on a mixture of arithmetic skills written
-this way; it has no chat template and no <think>/<answer> tags. The expression rules are
-Countdown's own (same parser, same bounds, every number used exactly once, tolerance 1e-5), so
-only the prompt and the answer extraction differ:
+this way; it has no chat template and no <think>/<answer> tags. Expressions follow the project's
+strict grammar (randopt_hpc.tasks.expression: no unary signs, no ** or //, bounded; every number used
+exactly once, tolerance 1e-5); the prompt and the answer extraction are its own:
 - the answer is the completion up to its first newline, stripped;
 - reward = 0.1 * format + correct, where format is 1 when that answer parses as an expression
   (the same 0.1 weight as Countdown's tag format), correct is exact correctness;
@@ -20,7 +20,7 @@ import functools
 import itertools
 import random
 
-from randopt_hpc.tasks import countdown
+from randopt_hpc.tasks import countdown, expression
 from randopt_hpc.tasks.base import Example, Scored, record_id
 
 OPS = ("+", "-", "*")
@@ -50,8 +50,8 @@ def extract(completion) -> str:
 
 def score(completion: str, example: Example) -> Scored:
     answer = extract(completion)
-    fmt = 1.0 if countdown.evaluate_expression(answer) is not None else 0.0
-    return countdown.score_answer(answer or None, example, fmt)
+    fmt = 1.0 if expression.evaluate_expression(answer) is not None else 0.0
+    return expression.score_answer(answer or None, example, fmt)
 
 
 def problem_key(numbers, target) -> tuple:
@@ -65,7 +65,7 @@ def random_problem(rng: random.Random, lo: int = 1, hi: int = 20) -> tuple[list[
         nums = [rng.randint(lo, hi) for _ in range(3)]
         ops = [rng.choice(OPS), rng.choice(OPS)]
         expr = f"{nums[0]}{ops[0]}{nums[1]}{ops[1]}{nums[2]}"
-        value = countdown.evaluate_expression(expr)
+        value = expression.evaluate_expression(expr)
         if value is not None and 1 <= value <= 999:
             shown = nums[:]
             rng.shuffle(shown)
@@ -124,6 +124,7 @@ class CountdownQA:
     """The Task (randopt_hpc.tasks.base.Task) over this module's functions; `template` words the question."""
     name = "countdown_qa"
     takes_template = True
+    data_format = "a JSON list or JSON lines of rows with numbers (a list of integers) and target"
 
     @property
     def synthetic_limit(self) -> int:

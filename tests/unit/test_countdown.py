@@ -1,68 +1,186 @@
-"""Countdown task: parser bounds, correctness against an independent checker on the real data,
-the reference reward, prompts, records and synthetic data."""
+"""Countdown task: the reference's reward and vote against an implementation of the reference's rules
+written here (re + eval, on inputs this file controls), the golden prompts of both styles, records and
+synthetic data."""
 from __future__ import annotations
 
-import ast
 import json
-import math
 import os
 import random
 import re
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
-from randopt_hpc.tasks import TASKS, get_task
+from randopt_hpc.tasks import TASKS, get_task, task_class
 from randopt_hpc.tasks import countdown as cd
 from randopt_hpc.tasks.base import Example, Scored, has_tag_pair, last_tag_content, split_first_last
 
 DATA = Path(__file__).resolve().parents[3] / "shared/data/countdown.json"
 REAL_ROWS = 2200
-REAL_CORRECT = 2166   # measured: 19 solutions are null, 15 misuse the numbers or miss the target
 
 
-# --------------------------------------------------------------------------- independent checker
+# --------------------------------------------------------------------------- the reference's rules, as written there
 
-_AST_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
-            ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
-
-
-def _walk(node):
-    """Python's own evaluation rules (ints stay ints, / is true division), restricted to BinOp and
-    int Constant nodes, with the parser's documented bounds; raises ValueError on anything else."""
-    if isinstance(node, ast.Expression):
-        return _walk(node.body)
-    if isinstance(node, ast.Constant) and type(node.value) is int and node.value < 10**10:   # <= 10 digits
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPS:
-        a, b = _walk(node.left), _walk(node.right)
-        if isinstance(node.op, ast.Div) and b == 0:
-            raise ValueError("division by zero")
-        v = _AST_OPS[type(node.op)](a, b)
-        if abs(v) > 1e12:
-            raise ValueError("out of bounds")
-        return v
-    raise ValueError(f"node {type(node).__name__} not allowed")
+def ref_format(response: str) -> float:
+    if re.match(r"^<think>.*?<\/think>\n<answer>.*?<\/answer>$", response, re.DOTALL):
+        return 1.0
+    return (0.1 if re.search(r"<think>.*?<\/think>", response, re.DOTALL) else 0.0) + \
+        (0.5 if re.search(r"<answer>.*?<\/answer>", response, re.DOTALL) else 0.0)
 
 
-def reference_value(text):
-    if not isinstance(text, str) or not re.fullmatch(r"[0-9+\-*/()\s]+", text.strip(), flags=re.ASCII):
-        return None
+@pytest.fixture(autouse=True)
+def _quiet_eval():
+    with warnings.catch_warnings():   # eval("(1)(2)") warns before it fails
+        warnings.simplefilter("ignore", SyntaxWarning)
+        yield
+
+
+def ref_answer(response: str, numbers, target) -> float:
+    found = re.findall(r"<answer>(.*?)<\/answer>", response, re.DOTALL)
+    if not found or not found[-1] or not re.match(r"^[0-9+\-*/() ]+$", found[-1]):
+        return 0.0
+    content = found[-1]
+    if sorted(int(n) for n in re.findall(r"\d+", content)) != sorted(numbers):
+        return 0.0
     try:
-        return float(_walk(ast.parse(text.strip(), mode="eval")))
-    except (SyntaxError, ValueError, RecursionError):
-        return None
+        return 1.0 if abs(float(eval(content, {"__builtins__": None}, {})) - float(target)) < 1e-5 else 0.0
+    except Exception:
+        return 0.0
 
 
-def reference_correct(solution, numbers, target) -> bool:
-    if not isinstance(solution, str):
-        return False
-    literals = [int(t) for t in re.findall(r"[0-9]+", solution)]
-    if sorted(literals) != sorted(numbers):
-        return False
-    value = reference_value(solution)
-    return value is not None and abs(value - float(target)) <= 1e-5
+def ref_reward(response: str, numbers, target) -> tuple[float, bool]:
+    answer = ref_answer(response, numbers, target)
+    return ref_format("<think>" + response) * 0.1 + answer, answer >= 1.0
+
+
+def ref_vote(response: str, numbers, target) -> tuple[str, bool]:
+    """extract_answer_for_voting, then is_voted_answer_correct."""
+    found = re.findall(r"<answer>(.*?)</answer>", response, re.DOTALL)
+    formula = found[-1].strip() if found else ""
+    if not formula or not re.match(r"^[0-9+\-*/() ]+$", formula):
+        return "", False
+    used = [int(n) for n in re.findall(r"\d+", formula)]
+    if any(n > 10**3 for n in used) or sorted(used) != sorted(numbers):
+        return "", False
+    try:
+        result = eval(formula, {"__builtins__": None}, {})
+        key = str(int(round(result))) if abs(result - round(result)) < 1e-9 else str(result)
+    except (SyntaxError, ZeroDivisionError, TypeError, ValueError, OverflowError):
+        return "", False
+    return key, abs(float(key) - float(target)) < 1e-5
+
+
+def _example(numbers, target, style="reference"):
+    return cd.examples_from_records([{"numbers": numbers, "target": target}], style)[0]
+
+
+# (completion, numbers, target): each written from a rule of the reference reward or vote.
+EDGE = [
+    ("<think>x</think>\n<answer>44 + 19 + 35</answer>", [44, 19, 35], 98),       # the model repeats <think>
+    ("x</think>\n<answer>44 + 19 + 35</answer>", [44, 19, 35], 98),               # the full format
+    ("x</think>\n<answer>\n44 + 19 + 35\n</answer>", [44, 19, 35], 98),          # a leading newline fails the filter
+    ("x</think>\n<answer>44 + 19 + 35\n</answer>", [44, 19, 35], 98),             # `$` allows one final newline
+    ("x</think>\n<answer>44 + 19 + 35\n\n</answer>", [44, 19, 35], 98),           # but not two
+    ("x</think>\n<answer>\t44 + 19 + 35</answer>", [44, 19, 35], 98),             # a tab fails the filter
+    ("x</think>\n<answer> 44 + 19 + 35 </answer>", [44, 19, 35], 98),             # spaces are characters it allows
+    ("x</think>\n<answer>-3 + 5 + 6</answer>", [3, 5, 6], 8),                     # unary minus is Python's
+    ("x</think>\n<answer>+44 + 19 + 35</answer>", [44, 19, 35], 98),              # unary plus
+    ("x</think>\n<answer>- - 44 + 19 + 35</answer>", [44, 19, 35], 98),           # two of them
+    ("x</think>\n<answer>2**3</answer>", [2, 3], 8),                               # ** is power
+    ("x</think>\n<answer>2 ** -1</answer>", [2, 1], 0.5),                          # to a float
+    ("x</think>\n<answer>7//2</answer>", [7, 2], 3),                               # floor division
+    ("x</think>\n<answer>(0 - 8) ** (1 / 3)</answer>", [0, 8, 1, 3], 1),          # a complex value is never right
+    ("x</think>\n<answer>05 + 3</answer>", [5, 3], 8),                             # Python refuses leading zeros
+    ("x</think>\n<answer>00 + 3</answer>", [0, 3], 3),                             # but not 00
+    ("x</think>\n<answer>(1)(2)</answer>", [1, 2], 2),                             # calling an int fails
+    ("x</think>\n<answer>()</answer>", [1], 1),                                    # a tuple
+    ("x</think>\n<answer>1 / 0 + 2</answer>", [1, 0, 2], 2),                       # division by zero
+    ("x</think>\n<answer>1 2 + 3</answer>", [1, 2, 3], 6),                         # not an expression
+    ("x</think>\n<answer>3 / 2 * 4</answer>", [3, 2, 4], 6),
+    ("x</think>\n<answer>5 + 7 / 2</answer>", [5, 2, 7], "8.5"),                  # non-integer target
+    ("x</think>\n<answer>3 / 2 - 6</answer>", [3, 2, 6], "-4.5"),                 # negative target
+    ("x</think>\n<answer>1 / 3</answer>", [1, 3], "0.333333"),                     # within 1e-5
+    ("x</think>\n<answer>1 / 3</answer>", [1, 3], "0.3333"),                       # not within 1e-5
+    ("x</think>\n<answer>1 + 2 = 3</answer>", [1, 2], 3),                          # `=` is not allowed
+    ("x</think>\n<answer>٣ + 1</answer>", [3, 1], 4),                              # nor unicode digits
+    ("x</think>\n<answer>44 +\n19 + 35</answer>", [44, 19, 35], 98),              # nor an inner newline
+    ("x</think>\n<answer></answer>", [1], 1),                                      # empty
+    ("x</think>\n<answer>44 + 19 + 35", [44, 19, 35], 98),                         # no closing tag
+    ("x</think>\n<answer>1 + 2</answer> no, <answer>44 + 19 + 35</answer>", [44, 19, 35], 98),   # the last counts
+    ("x</think>\n<answer>44 + 19 + 35</answer> no, <answer>1 + 2</answer>", [44, 19, 35], 98),
+    ("x</think>\n<answer><answer>44 + 19 + 35</answer>", [44, 19, 35], 98),        # non-greedy from the first tag
+    ("x</think>\n<answer>44 + 19 + 35</answer>\n", [44, 19, 35], 98),             # format: one final newline
+    ("x</think>\n<answer>44 + 19 + 35</answer>\n\n", [44, 19, 35], 98),           # two: partial format
+    ("x</think> \n<answer>44 + 19 + 35</answer>", [44, 19, 35], 98),              # a space before the newline
+    ("x</think>\n<answer>44 + 19 + 35</answer><|endoftext|>", [44, 19, 35], 98),
+    ("x</think>\n<answer>44 + 44 + 19</answer>", [44, 44, 19], 107),              # a number given twice
+    ("x</think>\n<answer>44 + 19</answer>", [44, 44, 19], 63),                     # used once
+    ("x</think>\n<answer>1000 + 1</answer>", [1000, 1], 1001),                     # the vote's bound: 1000 votes
+    ("x</think>\n<answer>1001 + 1</answer>", [1001, 1], 1002),                     # 1001 is rewarded, never voted
+    ("<answer>44 + 19 + 35</answer>", [44, 19, 35], 98),                            # no think pair
+    ("no tags at all", [44, 19, 35], 98),
+    ("", [44, 19, 35], 98),
+]
+
+
+@pytest.mark.parametrize("completion,numbers,target", EDGE)
+def test_reward_and_vote_equal_the_reference(completion, numbers, target):
+    got = cd.score(completion, _example(numbers, target))
+    reward, correct = ref_reward(completion, numbers, target)
+    assert (got.reward, got.correct) == (pytest.approx(reward), correct)
+    key, voted_right = ref_vote(completion, numbers, target)
+    assert (got.key or "") == key
+    assert (bool(got.key) and cd.key_correct(got.key, _example(numbers, target))) == voted_right
+
+
+def test_edge_cases_exercise_every_outcome():
+    rewards = {round(ref_reward(c, n, t)[0], 6) for c, n, t in EDGE}
+    assert {0.0, 0.01, 0.1, 1.05, 1.06, 1.1} <= rewards
+    # The vote is laxer than the reward: whitespace it strips, and it refuses numbers past 1000.
+    laxer = [c for c, n, t in EDGE if ref_vote(c, n, t)[1] and not ref_reward(c, n, t)[1]]
+    stricter = [c for c, n, t in EDGE if ref_reward(c, n, t)[1] and not ref_vote(c, n, t)[0]]
+    assert len(laxer) >= 2 and len(stricter) == 1
+
+
+def test_the_issue_example_scores_as_in_the_reference():
+    s = cd.score("x</think>\n<answer>\n44 + 19 + 35\n</answer>", _example([44, 19, 35], 98))
+    assert s.reward == pytest.approx(0.1) and not s.correct
+    assert s.key == "98"   # the vote strips: this answer still votes, and its vote is right
+
+
+def fastest(fn, *args, repeat=3):
+    """(result, the least seconds of `repeat` calls): a bound on the work, not on the machine's load."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+HOSTILE = ["9**9**9**9", "(9**9)**(9**9)", "9 ** 9 ** 9 * 9", "-" * 490 + "9 + 9 + 9 + 9", "-" * 5000 + "9",
+           "(" * 150 + "9+9+9+9" + ")" * 150, "(" * 100_000, " " * 20_000 + "9 + 9 + 9 + 9", "9" * 5000 + " + 9",
+           "9" * 100_000, "1/0", "(9-9)/(9-9)", "9e999", "__import__('os').system('true')", "9 " * 50_000,
+           "()" * 10_000, "\x00" * 10_000, "٩ + ٩", "9+9+9+9" + "\n" * 10_000, "<answer>" * 20_000,
+           "</answer>" * 20_000, "𝟗 + 9 + 9 + 9", "9.0 + 9 + 9 + 9", "9_9 + 9 + 9"]
+
+
+@pytest.mark.parametrize("i", range(len(HOSTILE)))
+def test_hostile_answers_score_nothing_within_10_ms(i):
+    ex = _example([9, 9, 9, 9], 1)
+    completion = f"x</think>\n<answer>{HOSTILE[i]}</answer>"
+    s, seconds = fastest(cd.score, completion, ex)
+    assert isinstance(s, Scored) and not s.correct
+    assert seconds < 0.010, f"{seconds * 1000:.1f} ms"
+
+
+def test_within_its_bounds_the_evaluator_is_pythons():
+    # 2**16 bits and 500 nested signs are fine; past them, nothing is computed.
+    assert cd.python_value("2 ** 65535") == 2 ** 65535 and cd.python_value("2 ** 65537") is None
+    assert cd.python_value("-" * 501 + "1") == -1 and cd.python_value("-" * 512 + "1") is None
+    assert cd.python_value("()") is None and cd.python_value("7 // 2") == 3
 
 
 # --------------------------------------------------------------------------- real data
@@ -76,185 +194,46 @@ def real_rows():
     return json.loads(DATA.read_text(encoding="utf-8"))
 
 
-def test_real_solutions_agree_with_independent_check(real_rows):
-    ours = [cd.is_correct(r["solution"], r["numbers"], r["target"]) for r in real_rows]
-    theirs = [reference_correct(r["solution"], r["numbers"], r["target"]) for r in real_rows]
-    agree = sum(a == b for a, b in zip(ours, theirs))
-    n_correct = sum(ours)
-    print(f"countdown.json: {len(real_rows)} rows, {agree} agree, {n_correct} reference solutions correct, "
-          f"{sum(r['solution'] is None for r in real_rows)} null")
-    assert len(real_rows) == REAL_ROWS
-    assert agree == REAL_ROWS
-    assert n_correct == REAL_CORRECT
-    # The known flaws are really there, so the count above is not vacuous.
-    assert sum(r["solution"] is None for r in real_rows) == 19
-    flawed = [r for r, ok in zip(real_rows, ours) if not ok and r["solution"] is not None]
-    assert any(sorted(int(t) for t in re.findall(r"\d+", r["solution"])) != sorted(r["numbers"]) for r in flawed)
-    non_int = [r for r in real_rows if not re.fullmatch(r"-?\d+", r["target"])]
-    assert len(non_int) == 43 and any(float(r["target"]) < 0 for r in non_int)
-    assert any(ok for r, ok in zip(real_rows, ours) if r in non_int)
-
-
-def test_real_rows_become_examples_and_prompts_rebuild_exactly(real_rows):
+def test_real_solutions_score_as_in_the_reference(real_rows):
     examples = cd.examples_from_records(real_rows)
+    completions = [f"x</think>\n<answer>{r['solution']}</answer>" for r in real_rows if r["solution"] is not None]
+    rows = [(r, ex) for r, ex in zip(real_rows, examples) if r["solution"] is not None]
+    ours = [cd.score(c, ex) for c, (_, ex) in zip(completions, rows)]
+    theirs = [ref_reward(c, r["numbers"], r["target"]) for c, (r, _) in zip(completions, rows)]
+    assert len(real_rows) == REAL_ROWS and len(rows) == REAL_ROWS - 19
+    assert [(s.reward, s.correct) for s in ours] == [(pytest.approx(t[0]), t[1]) for t in theirs]
+    assert [s.key or "" for s in ours] == [ref_vote(c, r["numbers"], r["target"])[0]
+                                            for c, (r, _) in zip(completions, rows)]
+    n_correct = sum(s.correct for s in ours)
+    print(f"countdown.json: {len(rows)} solutions, {n_correct} correct under the reference reward")
+    assert 2100 < n_correct < len(rows)   # the known flaws are there, so agreement is not vacuous
+
+
+def test_real_rows_make_the_es_prompts_exactly(real_rows):
+    examples = cd.examples_from_records(real_rows, "es")
     assert [e.id for e in examples] == [str(r["id"]) for r in real_rows]
     assert all(e.prompt == r["context"] for e, r in zip(examples, real_rows))
-    # Without `context` the prompt is rebuilt byte for byte (numpy-style padded numbers included).
-    rebuilt = cd.examples_from_records([{k: v for k, v in r.items() if k != "context"} for r in real_rows])
+    # Without `context` the ES prompt is rebuilt byte for byte (numpy-style padded numbers included).
+    rebuilt = cd.examples_from_records([{k: v for k, v in r.items() if k != "context"} for r in real_rows], "es")
     assert all(e.prompt == r["context"] for e, r in zip(rebuilt, real_rows))
     assert all(e.prompt.endswith(e.response_prefix) for e in examples)
-
-
-# --------------------------------------------------------------------------- parser
-
-@pytest.mark.parametrize("text,value", [
-    ("1 + 2", 3.0), ("((44 + 19) + 35)", 98.0), ("2 * 3 + 4", 10.0), ("2 + 3 * 4", 14.0),
-    ("10 - 4 - 3", 3.0), ("48 / 4 / 2", 6.0), ("(1 + 2) / 3", 1.0), ("7 / 2", 3.5),
-    ("3 - 10", -7.0), ("0", 0.0), ("9999999999 * 100", 999999999900.0),
-    ("(" * 32 + "1" + ")" * 32, 1.0),
-])
-def test_evaluate_valid(text, value):
-    got = cd.evaluate_expression(text)
-    assert isinstance(got, float) and got == value
-
-
-@pytest.mark.parametrize("text", [
-    "-1 + 2", "+1", "1 + -2", "2 * (-3)", "1 2", "1 +", "(1 + 2", "1 + 2)", "()", "1 ** 2", "2 ^ 3",
-    "1.5 + 2", "1_000", "1,2", "x", "abs(1)", "٣ + 1", "１ + 1", "01 + 2", "12345678901", "1\u00a0+ 2",
-    "(" * 33 + "1" + ")" * 33, "1000000 * 1000001", "1 " + "+ 1 " * 200,
-])
-def test_evaluate_rejects(text):
-    assert cd.evaluate_expression(text) is None
-
-
-HOSTILE = [
-    "9**9**9", "44**19**35", "1" * 1_000_000, "(" * 100_000, "(" * 40 + "1" + ")" * 40, "__import__('os')",
-    "a.b", "f(1)", "1e308*1e308", "1/0", "(1-1)/(2-2)", "1 / (3 - 3)", " ", "", None,
-    "1 " * 500_000, " " * 1_000_000 + "1 + 2" + " " * 300, "9999999999*" * 20 + "1", b"1 + 2", 3, ["1"],
-]
-
-
-@pytest.mark.parametrize("i", range(len(HOSTILE)))
-def test_hostile_expressions_are_fast_and_never_raise(i):
-    text = HOSTILE[i]
-    t0 = time.perf_counter()
-    value = cd.evaluate_expression(text)
-    ok = cd.is_correct(text, [44, 19, 35], "98")
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 0.05, f"{elapsed:.3f}s"
-    assert ok is False
-    # Only the spaces-around-"1 + 2" case is a valid expression (the strip happens first).
-    assert value is None or (value == 3.0 and isinstance(text, str) and text.strip() == "1 + 2")
-
-
-def test_parser_matches_python_on_random_token_strings():
-    rng = random.Random(1234)
-    pieces = ["1", "2", "7", "12", "05", "100", "999", "0", "+", "-", "*", "/", "(", ")", " "]
-    accepted = 0
-    for _ in range(3000):
-        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
-        ours, theirs = cd.evaluate_expression(text), reference_value(text)
-        if theirs is None:
-            assert ours is None, text
-        else:
-            accepted += 1
-            assert ours is not None and math.isclose(ours, theirs, rel_tol=1e-12, abs_tol=1e-12), text
-    assert accepted > 200   # the comparison exercised real expressions, not only rejections
-
-
-@pytest.mark.parametrize("answer,numbers,target,expected", [
-    ("(1 + 2) * 3", [1, 2, 3], 9, True),
-    ("3 * (2 + 1)", [3, 2, 1], "9", True),
-    ("(1 + 2) * 3", [1, 2, 3], 9.000001, True),
-    ("(1 + 2) * 3", [1, 2, 3], 9.0001, False),
-    ("1 / 3 + 2", [1, 3, 2], "2.3333333333333335", True),
-    ("05 - 2 - 3", [5, 2, 3], 0, False),
-    ("00 * (1 + 2)", [0, 1, 2], 0, True),
-    ("3 / 2 - 6", [3, 2, 6], "-4.5", True),
-    ("47 + 47 - 52 + 98", [98, 47, 47, 52], 140, True),
-    ("47 - 52 + 98", [98, 47, 47, 52], 93, False),            # a duplicate used once
-    ("47 + 47 + 47 - 52 + 98", [98, 47, 47, 52], 187, False),  # used three times
-    ("3 * 3", [1, 2, 3], 9, False),
-    ("(1 + 2) * 3 * 1", [1, 2, 3], 9, False),
-    ("(1 + 2) * 3", [1, 2, 3], "nonsense", False),
-    ("(1 + 2) * 3", [1, 2, 3], None, False),
-    ("(1 + 2) * 3", None, 9, False),
-    ("(1 + 2) * 3", ["1", "2", "3"], 9, False),
-    (None, [1, 2, 3], 9, False),
-    ("", [], 0, False),
-])
-def test_is_correct(answer, numbers, target, expected):
-    assert cd.is_correct(answer, numbers, target) is expected
+    reference = cd.examples_from_records(real_rows[:1])[0]
+    assert reference.prompt.startswith(cd.SYSTEM + "\nUsing the numbers [44, 19, 35], create an equation that "
+                                       "equals 98.")
 
 
 # --------------------------------------------------------------------------- score
 
-def _example(numbers, target):
-    return cd.examples_from_records([{"numbers": numbers, "target": target}])[0]
-
-
 EX = _example([1, 2, 3], 9)
 
 
-def test_score_full_format_and_correct():
+def test_score_fields():
     s = cd.score(" 1 plus 2 is 3, times 3 is 9.</think>\n<answer> (1 + 2) * 3 </answer>", EX)
     assert isinstance(s, Scored)
-    assert s.reward == pytest.approx(1.1) and s.correct is True
-    assert s.key == "9.00000" and s.answer == "(1 + 2) * 3"
-
-
-def test_score_partial_formats():
-    no_think = cd.score("<answer>(1 + 2) * 3</answer>", EX)   # "<think>" prefix but no "</think>"
-    assert no_think.reward == pytest.approx(1.0 + 0.1 * 0.5) and no_think.correct
-    no_newline = cd.score("ok</think> <answer>(1 + 2) * 3</answer>", EX)
-    assert no_newline.reward == pytest.approx(1.0 + 0.1 * 0.6)
-    trailing_text = cd.score("ok</think>\n<answer>(1 + 2) * 3</answer> done", EX)
-    assert trailing_text.reward == pytest.approx(1.06)
-    trailing_newline = cd.score("ok</think>\n<answer>(1 + 2) * 3</answer>\n", EX)   # `$` allows one
-    assert trailing_newline.reward == pytest.approx(1.1)
-    think_only = cd.score("hmm</think>", EX)
-    assert think_only.reward == pytest.approx(0.01) and think_only.answer is None and think_only.key is None
-    nothing = cd.score("no tags at all", EX)
-    assert nothing == Scored(reward=0.0, correct=False, key=None, answer=None)
-
-
-def test_score_wrong_answer_keeps_format_and_key():
-    s = cd.score("x</think>\n<answer>1 + 2 + 3</answer>", EX)
-    assert s.reward == pytest.approx(0.1) and not s.correct and s.key == "6.00000"
-
-
-def test_last_answer_wins():
-    good_last = cd.score("x</think>\n<answer>1 + 2 + 3</answer> no: <answer>3 * (2 + 1)</answer>", EX)
-    assert good_last.correct and good_last.answer == "3 * (2 + 1)" and good_last.reward == pytest.approx(1.1)
-    bad_last = cd.score("x</think>\n<answer>3 * (2 + 1)</answer> no: <answer>1 + 2 + 3</answer>", EX)
-    assert not bad_last.correct and bad_last.key == "6.00000"
-
-
-def test_keys_vote_together_and_abstain_on_misuse():
-    a = cd.score("</think>\n<answer>(1 + 2) * 3</answer>", EX)
-    b = cd.score("</think>\n<answer>3 * (2 + 1)</answer>", EX)
-    assert a.key == b.key == "9.00000"
-    for bad in ("3 * 3", "(1 + 2) * 3 * 1", "(1 + 2) * x", "-(1 + 2) * 3", "", "1 / (3 - 3) + 2"):
-        s = cd.score(f"</think>\n<answer>{bad}</answer>", EX)
-        assert s.key is None and not s.correct, bad
-    assert cd.vote_key(-0.0) == cd.vote_key(-1e-9) == cd.vote_key(0.0) == "0.00000"
-    z = cd.score("</think>\n<answer>0 * (1 - 2)</answer>", _example([0, 1, 2], 0))   # -0.0 in floats
-    assert z.key == "0.00000" and z.correct
-    third = cd.score("</think>\n<answer>1 / 3</answer>", _example([1, 3], "0.333333"))
-    assert third.key == "0.33333" and third.correct
-
-
-def test_non_integer_and_negative_targets():
-    frac = _example([5, 2, 7], "8.5")
-    assert frac.target == 8.5
-    assert cd.score("</think>\n<answer>5 + 7 / 2</answer>", frac).correct
-    neg = _example([3, 2, 6], "-4.5")
-    assert cd.score("</think>\n<answer>3 / 2 - 6</answer>", neg).correct
-    # A repeating decimal as the data stores it (str) and as a plain row might (float).
-    for target in ("-15.727272727272727", -15.727272727272727):
-        ex = _example([19, 35, 3, 11], target)
-        assert cd.score("</think>\n<answer>(19 - 35) + 3 / 11</answer>", ex).correct
-        assert not cd.score("</think>\n<answer>19 - 35 + 3 - 11</answer>", ex).correct
+    assert s == Scored(reward=pytest.approx(1.1), correct=True, key="9", answer="(1 + 2) * 3")
+    assert cd.score("no tags at all", EX) == Scored(reward=0.0, correct=False, key=None, answer=None)
+    assert cd.score(None, EX).reward == 0.0
+    assert cd.key_correct("9", EX) and not cd.key_correct("9.0001", EX) and not cd.key_correct("nine", EX)
 
 
 def test_format_helpers_match_the_reference_regexes():
@@ -269,14 +248,53 @@ def test_format_helpers_match_the_reference_regexes():
         assert last_tag_content(text, "answer") == (found[-1] if found else None), repr(text)
 
 
+def test_reward_matches_the_reference_on_random_answers():
+    rng = random.Random(11)
+    pieces = ["1", "2", "3", "12", "05", "0", "+", "-", "*", "/", "**", "//", "(", ")", " ", "\n", "\t"]
+    seen = set()
+    for _ in range(3000):
+        body = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 9)))
+        completion = f"x</think>\n<answer>{body}</answer>"
+        numbers = [int(n) for n in re.findall(r"\d+", body)] or [1]
+        if any(n >= 10**10 for n in numbers):
+            continue   # a row's numbers have at most 10 digits
+        target = rng.choice([0, 1, 3, 6, -1, 0.5])
+        if "**" in body and len(body) > 6:
+            continue   # the reference could compute a huge power; bounded inputs only here
+        got, want = cd.score(completion, _example(numbers, target)), ref_reward(completion, numbers, target)
+        assert (got.reward, got.correct) == (pytest.approx(want[0]), want[1]), body
+        assert (got.key or "") == ref_vote(completion, numbers, target)[0], body
+        seen.add(want[1])
+    assert seen == {True, False}
+
+
 def test_score_is_linear_on_pathological_completions():
     for completion in ("<think>" * 30_000, "<answer>" * 30_000, "</think>\n<answer>" * 20_000 + "x",
-                       "x</think>\n<answer>" + "(" * 200_000 + "</answer>", "\n" * 300_000):
+                       "x</think>\n<answer>" + "(" * 200_000 + "</answer>", "\n" * 300_000,
+                       "<answer>" + " " * 1_000_000 + "</answer>", "<answer>" + "1+" * 300_000 + "1</answer>"):
         t0 = time.perf_counter()
         s = cd.score(completion, EX)
         assert time.perf_counter() - t0 < 0.5
         assert not s.correct
-    assert cd.score(None, EX).reward == 0.0
+
+
+# --------------------------------------------------------------------------- prompts
+
+USER_44 = ("Using the numbers [44, 19, 35], create an equation that equals 98. You can use basic arithmetic "
+           "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> tags. "
+           "And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.")
+SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in your mind and then provide "
+          "the user with the answer.")
+
+
+def test_reference_prompt_is_the_reference_text():
+    ex = _example([44, 19, 35], "98")
+    assert ex.messages == (("system", SYSTEM), ("user", USER_44))
+    assert ex.prompt == SYSTEM + "\n" + USER_44 + "\n" and ex.response_prefix == ""
+    # str.format of the row's own values: an int target, a float target, a string with its spaces.
+    assert "equals 98." in _example([44, 19, 35], 98).prompt
+    assert "equals 8.5." in _example([5, 2, 7], 8.5).prompt
+    assert "[83, 78, 1, 39]" in _example([83, 78, 1, 39], "82").prompt
 
 
 # --------------------------------------------------------------------------- records
@@ -287,11 +305,11 @@ ES_ROW = {"id": 7, "context": "CTX<think>", "numbers": [44, 19, 35], "target": "
 def test_examples_from_es_and_plain_rows():
     es, plain, plain_f, plain_s = cd.examples_from_records([
         ES_ROW, {"numbers": [1, 2, 3], "target": 9}, {"numbers": [5, 2, 7], "target": 8.5},
-        {"numbers": [83, 78, 1, 39], "target": "82"}])
+        {"numbers": [83, 78, 1, 39], "target": "82"}], "es")
     assert isinstance(es, Example)
     assert es.id == "7" and es.prompt == "CTX<think>" and es.numbers == (44, 19, 35) and es.target == 98.0
     assert es.response_prefix == "<think>"
-    assert es.messages == (("system", cd.SYSTEM), ("user", cd.user_text("44 19 35", "98")))
+    assert es.messages == (("system", cd.SYSTEM), ("user", cd.user_text("[44 19 35]", "98")))
     assert plain.id == "1" and plain.target == 9.0 and plain.numbers == (1, 2, 3)
     assert plain.prompt == (
         "You are a helpful assistant. You first think about the reasoning process in your mind and then provide "
@@ -342,7 +360,8 @@ def test_split_first_and_last():
 def test_registry_gives_task_objects():
     from randopt_hpc.tasks.countdown_qa import CountdownQA
 
-    assert TASKS == {"countdown": cd.Countdown, "countdown_qa": CountdownQA}
+    assert TASKS["countdown"] == ("randopt_hpc.tasks.countdown", "Countdown")
+    assert task_class("countdown") is cd.Countdown and task_class("countdown_qa") is CountdownQA
     task = get_task("countdown")
     assert isinstance(task, cd.Countdown) and task.name == "countdown" and not task.takes_template
     rows = cd.synthetic_records(3, 1)
@@ -350,8 +369,11 @@ def test_registry_gives_task_objects():
     ex = task.examples_from_records(rows)[0]
     assert task.score(f"</think>\n<answer>{rows[0]['solution']}</answer>", ex).correct
     with pytest.raises(KeyError) as e:
-        get_task("gsm8k")
-    assert e.value.args[0] == "unknown task 'gsm8k'; valid: countdown, countdown_qa"
+        get_task("gsm9k")
+    assert e.value.args[0] == f"unknown task 'gsm9k'; valid: {', '.join(sorted(TASKS))}"
+    assert get_task("countdown", prompt_style="es").examples_from_records(rows)[0].response_prefix == "<think>"
+    with pytest.raises(ValueError, match="prompt_style"):
+        get_task("countdown", prompt_style="chatty")
     with pytest.raises(ValueError, match="takes no prompt template"):
         get_task("countdown", template="{numbers} {target}")
 
@@ -367,8 +389,7 @@ def test_synthetic_records_deterministic_prefix_and_solvable():
     for r in rows:
         assert len(r["numbers"]) in (3, 4) and all(1 <= n <= 99 for n in r["numbers"])
         assert isinstance(r["target"], int) and 1 <= r["target"] <= 999
-        assert cd.is_correct(r["solution"], r["numbers"], r["target"]), r
-        assert reference_correct(r["solution"], r["numbers"], r["target"]), r
+        assert ref_reward(f"x</think>\n<answer>{r['solution']}</answer>", r["numbers"], r["target"])[1], r
     assert any("/" in r["solution"] for r in rows) and any(len(r["numbers"]) == 3 for r in rows)
     exs = cd.examples_from_records(rows)
     assert [e.id for e in exs] == [r["id"] for r in rows]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from randopt_hpc.tasks import countdown, countdown_qa, get_task
+from randopt_hpc.tasks import countdown_qa, expression, get_task
 
 
 def _example(numbers=(9, 18, 20), target=182):
@@ -49,7 +49,7 @@ def test_score(completion, reward, correct, key):
 def test_score_agrees_with_is_correct_on_synthetic_solutions():
     rows = countdown_qa.synthetic_records(300, 7)
     for row, ex in zip(rows, countdown_qa.examples_from_records(rows)):
-        assert countdown.is_correct(row["solution"], row["numbers"], row["target"])
+        assert expression.is_correct(row["solution"], row["numbers"], row["target"])
         assert countdown_qa.score(" " + row["solution"], ex).correct
 
 
@@ -81,7 +81,7 @@ def _problem_keys(prompt: str, answer: str) -> list[tuple]:
         return [countdown_qa.problem_key(_INTS.findall(nums), target)]
     m = re.fullmatch(r"([\d+\-*]+)=(\d+)?\??", body)
     if m and len(_INTS.findall(m.group(1))) == 3:
-        value = countdown.evaluate_expression(m.group(1))
+        value = expression.evaluate_expression(m.group(1))
         return [countdown_qa.problem_key(_INTS.findall(m.group(1)), value)]
     return []
 
