@@ -304,7 +304,9 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        where = prefix.rstrip(".") or "config"
+        hint = "; give `task: {name: ...}` or a list of them" if where.startswith("task") else ""
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}{hint}")
     hints = get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
     kwargs = {}

@@ -23,7 +23,29 @@ def read_records(path: str) -> list[dict]:
                           read_text(path, "task.data", MAX_DATA_BYTES))
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise ConfigError(f"task.data: {path} must hold a non-empty list of objects")
+    for i, row in enumerate(rows):
+        for field, value in row.items():
+            if not _encodable(value):
+                raise ConfigError(f"task.data: {path}: row {i}: field {field!r} holds a lone surrogate (a JSON "
+                                  "escape such as \\ud800 alone), which no tokenizer encodes")
     return rows
+
+
+def _encodable(value) -> bool:
+    """No string in value holds a lone surrogate (JSON's "\\ud800" decodes to one; UTF-8 has no encoding of it)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(v, dict):
+            stack += list(v.keys()) + list(v.values())
+        elif isinstance(v, list):
+            stack += v
+    return True
 
 
 def _json_rows(path: str, text: str):

@@ -15,11 +15,25 @@ from randopt_hpc import atomic
 from randopt_hpc.version import SCHEMA_VERSION
 
 
+def storable(text: str) -> str:
+    """A string HDF5 can hold: it refuses NUL in variable-length strings and lone surrogates in UTF-8,
+    both of which model output or a data file may hold; each becomes U+FFFD (the shards keep the original)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return text
+
+
 def _put(group, name: str, data: Any) -> None:
     import h5py
 
     arr = np.asarray(data) if not isinstance(data, np.ndarray) else data
     if arr.dtype == object:
+        arr = np.vectorize(lambda v: storable(v) if isinstance(v, str) else v, otypes=[object])(arr) \
+            if arr.size else arr
         group.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype("utf-8"),
                              **({"chunks": True, "compression": "gzip"} if arr.ndim == 2 and arr.size > 0 else {}))
     elif arr.ndim == 2 and arr.size > 0:

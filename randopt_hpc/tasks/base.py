@@ -63,6 +63,18 @@ class Task(Protocol):
     # (code tasks run their programs in a pool); score_all() below uses it when a task has it.
 
 
+class DataTask:
+    """What every task whose problems come only from data files shares (subclasses set name and data_format)."""
+    name = ""
+    takes_template = False
+    synthetic_limit = 0
+
+    def synthetic_records(self, n: int, seed: int) -> list[dict]:
+        if n:
+            raise ValueError(f"task {self.name} has no synthetic problems; give task.data")
+        return []
+
+
 def score_all(task, completions: Sequence[str], examples: Sequence[Example]) -> list[Scored]:
     """Every completion scored, in order: the task's score_many when it has one, else score one by one."""
     many = getattr(task, "score_many", None)
@@ -73,7 +85,10 @@ def score_all(task, completions: Sequence[str], examples: Sequence[Example]) -> 
 
 def bad_field(index: int, field: str, why: str, value) -> ValueError:
     """The one-line error for a data row's field: `row 3: field 'answer' must be a string, got None`."""
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except ValueError:   # an integer past Python's 4300-digit str limit
+        shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else type(value).__name__
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return ValueError(f"row {index}: field {field!r} {why}, got {shown}")
@@ -82,6 +97,8 @@ def bad_field(index: int, field: str, why: str, value) -> ValueError:
 def record_id(row: dict, index: int) -> str:
     """The row's own id when it has one, else its position, so results files can be joined back."""
     rid = row.get("id")
+    if isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) >= 10**18:
+        raise bad_field(index, "id", "must be a string or an integer of at most 18 digits", rid)
     return str(index) if rid is None else str(rid)
 
 
@@ -115,6 +132,15 @@ def last_tag_content(text: str, tag: str) -> str | None:
         return None
     s, e = spans[-1]
     return text[s:e]
+
+
+def both_ends(text, window: int) -> str:
+    """What is read of a completion: all of it up to 2 * window characters, else its first and last
+    window characters around a NUL (no answer pattern crosses one), so that scoring stays within
+    milliseconds on megabytes of output; "" for what is not a string."""
+    if not isinstance(text, str):
+        return ""
+    return text if len(text) <= 2 * window else text[:window] + "\0" + text[-window:]
 
 
 def split_first_last(examples: list, train_size: int, test_size: int) -> tuple[list, list]:

@@ -272,7 +272,7 @@ def vote_key(content: str | None, numbers) -> str | None:
 def key_correct(key: str, example: Example) -> bool:
     """Whether a voted key's value is the target (the reference's is_voted_answer_correct)."""
     try:
-        return bool(key) and _close(float(key), example.target)
+        return bool(key) and len(key) <= MAX_ANSWER_CHARS and _close(float(key), example.target)
     except ValueError:
         return False
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 
 from randopt_hpc.tasks import countdown_qa
-from randopt_hpc.tasks.base import Example, Scored, record_id
+from randopt_hpc.tasks.base import Example, Scored, bad_field, record_id
 
 
 def fresh_problem(rng: random.Random, exclude: set) -> tuple[list[int], int, str]:
@@ -82,9 +82,10 @@ class DemoSkill:
         examples = []
         for i, row in enumerate(records):
             for field in ("prompt", "answer"):
-                if not isinstance(row, dict) or not isinstance(row.get(field), str) or not row[field].strip():
+                if not isinstance(row, dict) or not isinstance(row.get(field), str) or not row[field].strip() \
+                        or not row[field].isprintable():
                     got = row.get(field) if isinstance(row, dict) else row
-                    raise ValueError(f"row {i}: field {field!r} must be a non-empty string, got {got!r}"[:200])
+                    raise bad_field(i, field, "must be a non-empty string of printable characters", got)
             examples.append(Example(id=record_id(row, i), prompt=row["prompt"], messages=(("user", row["prompt"]),),
                                     truth=row["answer"].strip()))
         return examples

@@ -272,3 +272,25 @@ def test_status_answers_a_broken_folder_in_one_line(run_yaml, why, tmp_path):
     p = subprocess.run([sys.executable, "-m", "randopt_hpc.status", str(tmp_path)], capture_output=True, text=True,
                        timeout=60, cwd=ROOT)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and why in p.stderr, p.stderr
+
+
+# ----------------------------------------------------------------------------- hostile text in results.h5
+
+def test_nul_and_lone_surrogates_in_model_output_reach_results_h5(tmp_path):
+    """HDF5 refuses NUL in its strings and lone surrogates in UTF-8; a model may write either. The run
+    finishes, results.h5 holds U+FFFD there, and the shards keep the text as it was."""
+    import h5py
+
+    from tests.fakes import FakeBackend, fake_config
+    from tests.unit.test_run import start
+
+    class Hostile(FakeBackend):
+        def generate(self, examples):
+            return [t.replace("\nQ:", "\x00\ud800\nQ:") for t in super().generate(examples)]
+
+    start(fake_config(tmp_path, output={"dir": str(tmp_path / "out"), "save_text": True}), backend=Hostile())
+    with h5py.File(tmp_path / "out" / "results.h5") as f:
+        texts = f["population/train_text"].asstr()[()]
+    assert all(t.endswith("\ufffd\ufffd\nQ:") for t in texts.ravel())
+    shard = next((tmp_path / "out").glob("shards/*.jsonl")).read_text()
+    assert "\\u0000\\ud800" in shard

@@ -256,6 +256,7 @@ def test_requeue_step_keeps_exit_75_when_scontrol_fails(scontrol, capsys):
             "to resume") in capsys.readouterr().err
 
 
+@pytest.mark.slow   # a fresh interpreter importing torch: seconds
 def test_world_size_mismatch_is_refused(tmp_path):
     """srun without the MPI plugin: every task would be a one-rank world acting as rank 0."""
     env = {**os.environ, "SLURM_NTASKS": "2", "SLURM_PROCID": "0"}

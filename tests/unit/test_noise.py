@@ -193,6 +193,7 @@ def test_select_names():
     assert N.select_names(names, [r"nomatch"], []) == []
 
 
+@pytest.mark.slow   # a fresh interpreter importing torch: seconds
 def test_import_does_not_load_numba():
     code = "import sys, randopt_hpc.noise; assert 'numba' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
