@@ -32,6 +32,7 @@ def _ensemble(v: vote.EnsembleVote, answers: dict) -> dict:
         "members": np.array(v.members, dtype=np.int64),
         "test_key": _keys([a.keys for a in rows]),
         "test_correct": np.array([a.correct for a in rows], dtype=bool),
+        "test_key_correct": np.array(v.key_correct, dtype=bool),
         "test_reward": np.array([a.rewards for a in rows], dtype=np.float32),
         "test_answer": _texts([a.answers for a in rows]),
         "k": np.array(v.ks, dtype=np.int64),

@@ -27,13 +27,12 @@ def vote_item(keys: Sequence[str | None]) -> tuple[str | None, int]:
     return best, first[best]
 
 
-Judge = Callable[[int, str], "bool | None"]   # (item, voted key) -> its correctness; None: the first holder's
+Judge = Callable[[int, str], "bool | None"]   # (item, key) -> the task's verdict on the key; None: no verdict
 
 
-def vote(keys: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]], k: int, judge: Judge | None = None
+def vote(keys: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]], k: int
          ) -> tuple[list[str | None], list[bool]]:
-    """Vote the first k members (rows) on every item (column) -> (voted keys, voted correctness). A task
-    that judges a voted key by itself (the reference's is_voted_answer_correct) passes `judge`."""
+    """Vote the first k members (rows) on every item (column) -> (voted keys, voted correctness)."""
     if not 1 <= k <= len(keys):
         raise ValueError(f"K={k} but {len(keys)} members")
     n_items = len(keys[0])
@@ -41,9 +40,25 @@ def vote(keys: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]]
     for t in range(n_items):
         key, pos = vote_item([keys[m][t] for m in range(k)])
         voted.append(key)
-        verdict = judge(t, key) if judge is not None and pos >= 0 else None
-        ok.append(bool(verdict) if verdict is not None else bool(correct[pos][t]) if pos >= 0 else False)
+        ok.append(bool(correct[pos][t]) if pos >= 0 else False)
     return voted, ok
+
+
+def key_verdicts(keys: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]], judge: Judge | None
+                 ) -> list[list[bool]]:
+    """Per member and item, whether its key is right: the task's verdict on the key where it gives one (the
+    reference judges a voted answer by itself, e.g. Countdown by its value), else the answer's own
+    correctness. One key on one item gets one verdict, so a vote's correctness is its key's."""
+    if judge is None:
+        return [[bool(c) for c in row] for row in correct]
+    out = []
+    for row_keys, row_ok in zip(keys, correct):
+        row = []
+        for t, (key, ok) in enumerate(zip(row_keys, row_ok)):
+            verdict = judge(t, key) if key else None
+            row.append(bool(ok) if verdict is None else bool(verdict))
+        out.append(row)
+    return out
 
 
 def accuracy(flags: Sequence[bool]) -> float:
@@ -59,19 +74,21 @@ class EnsembleVote:
     voted_correct: list[list[bool]]
     accuracy: list[float]                   # per K: test accuracy of the vote
     train_accuracy: list[float]             # per K: the same members voted on the train split
+    key_correct: list[list[bool]]           # per member, per test item: the verdict on its key (key_verdicts)
 
 
 def vote_ensemble(members: Sequence[int], ks: Sequence[int], test: dict, train: dict,
                   judges: tuple[Judge | None, Judge | None] = (None, None)) -> EnsembleVote:
     """Vote `members` for every K in ks; `test` and `train` map a member to its answers on that split
-    (anything with .keys and .correct per item, e.g. randopt_hpc.records.Answers); `judges` judge a voted
-    key on the test and on the train split."""
-    test_keys, test_ok = [test[m].keys for m in members], [test[m].correct for m in members]
-    train_keys, train_ok = [train[m].keys for m in members], [train[m].correct for m in members]
-    voted = [vote(test_keys, test_ok, k, judges[0]) for k in ks]
+    (anything with .keys and .correct per item, e.g. randopt_hpc.records.Answers); `judges` give the task's
+    verdict on a key on the test and on the train split."""
+    test_keys, train_keys = [test[m].keys for m in members], [train[m].keys for m in members]
+    test_ok = key_verdicts(test_keys, [test[m].correct for m in members], judges[0])
+    train_ok = key_verdicts(train_keys, [train[m].correct for m in members], judges[1])
+    voted = [vote(test_keys, test_ok, k) for k in ks]
     return EnsembleVote(members=list(members), ks=list(ks), voted_keys=[v[0] for v in voted],
                         voted_correct=[v[1] for v in voted], accuracy=[accuracy(v[1]) for v in voted],
-                        train_accuracy=[accuracy(vote(train_keys, train_ok, k, judges[1])[1]) for k in ks])
+                        train_accuracy=[accuracy(vote(train_keys, train_ok, k)[1]) for k in ks], key_correct=test_ok)
 
 
 def judge_with(task, examples) -> Judge | None:

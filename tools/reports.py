@@ -63,7 +63,7 @@ def kcurve(f, path: str) -> dict:
         if m is None:
             continue
         _, keys, ok = m
-        acc, per_k = metrics.vote_curve(keys, ok)
+        acc, per_k = metrics.vote_curve(keys, runfile.key_verdicts(f, which))
         stored = runfile.stored_votes(f, which)
         mismatched = [k for k, (_, v) in stored.items() if k > len(per_k) or list(v) != per_k[k - 1]]
         out[which] = {"k": list(range(1, len(keys) + 1)), "accuracy": acc, "coverage": metrics.coverage_curve(ok),

@@ -123,6 +123,16 @@ def members(f, which: str) -> tuple[np.ndarray, list[list[str]], np.ndarray] | N
     return f[f"{g}/members"][()], keys, f[f"{g}/test_correct"][()].astype(bool)
 
 
+def key_verdicts(f, which: str) -> np.ndarray | None:
+    """K×T: whether each member's key on each test item is right, as the vote judged it (test_key_correct;
+    files written before it existed: the members' own correctness, which the vote then used)."""
+    g = f"ensemble/{which}"
+    if g not in f:
+        return None
+    name = f"{g}/test_key_correct" if f"{g}/test_key_correct" in f else f"{g}/test_correct"
+    return f[name][()].astype(bool)
+
+
 def stored_votes(f, which: str) -> dict[int, tuple[float, np.ndarray]]:
     """{k: (stored test accuracy, stored voted correctness)} of ensemble/<which>."""
     g = f"ensemble/{which}"

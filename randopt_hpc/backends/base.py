@@ -95,6 +95,8 @@ class BaseBackend:
     tokenizer: Any = None
     names: list[str]
     stop_ids: list[int] | None = None
+    chat_mode: str | bool = "auto"   # config model.chat
+    model_name: str = ""             # what the auto rule reads: the model folder's name
 
     def __init__(self):
         self.perturbed = False
@@ -116,9 +118,6 @@ class BaseBackend:
         if key not in self._encoded:
             self._encoded[key] = self._encode(examples)
         return self._encoded[key]
-
-    chat_mode: str | bool = "auto"   # config model.chat
-    model_name: str = ""             # what the auto rule reads: the model folder's name
 
     def set_chat(self, mode: str | bool, model_path: str) -> None:
         """model.chat: true (the chat template; ConfigError when the tokenizer has none), false (the plain

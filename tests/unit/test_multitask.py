@@ -84,9 +84,11 @@ def test_objective_weighs_each_task_once():
 def test_vote_takes_the_tasks_verdict_on_the_key():
     keys, correct = [["9"], ["9"], ["8"]], [[False], [False], [True]]
     assert vote.vote(keys, correct, 3) == (["9"], [False])            # the first holder's flag
-    assert vote.vote(keys, correct, 3, lambda t, key: key == "9") == (["9"], [True])
-    assert vote.vote(keys, correct, 3, lambda t, key: None) == (["9"], [False])   # no verdict: as before
-    assert vote.vote([[None]], [[False]], 1, lambda t, key: True) == ([None], [False])   # abstentions stay wrong
+    assert vote.key_verdicts(keys, correct, lambda t, key: key == "9") == [[True], [True], [False]]
+    assert vote.vote(keys, vote.key_verdicts(keys, correct, lambda t, key: key == "9"), 3) == (["9"], [True])
+    assert vote.key_verdicts(keys, correct, lambda t, key: None) == correct   # no verdict: the answer's own
+    assert vote.key_verdicts([[None]], [[True]], lambda t, key: True) == [[True]]   # an abstention is not judged
+    assert vote.vote([[None]], [[True]], 1) == ([None], [False])                    # and never wins a vote
 
 
 @pytest.mark.parametrize("selection_task", [None, "countdown"])
@@ -100,6 +102,8 @@ def test_run_writes_the_score_matrix_and_ranks_by_the_objective(tmp_path, select
         tasks = np.array(f["data/train_task"].asstr()[()])
         score, ranking = f["population/train_score"][()], f["selection/ranking"][()]
         acc = f["ensemble/selected/accuracy_by_task"][()]
+        key_ok = f["ensemble/selected/test_key_correct"][()]
+        member_ok = f["ensemble/selected/test_correct"][()]
         voted = f["ensemble/selected/voted_correct"][()]
         test_tasks = np.array(f["data/test_task"].asstr()[()])
     assert names == ["countdown_qa", "countdown"] and by_task.shape == (cfg.population.size, 2)
@@ -110,6 +114,19 @@ def test_run_writes_the_score_matrix_and_ranks_by_the_objective(tmp_path, select
     np.testing.assert_allclose(score, want)
     assert ranking.tolist() == sorted(range(len(score)), key=lambda i: (-score[i], i))
     assert not np.allclose(by_task[:, 0], by_task[:, 1])   # the two columns rank differently: a real test
+    # countdown's keys were judged by value; countdown_qa's verdicts are the members' own correctness.
+    qa = test_tasks == "countdown_qa"
+    np.testing.assert_array_equal(key_ok[:, qa], member_ok[:, qa])
+
+
+def test_kcurve_revotes_as_the_run_voted(tmp_path):
+    from tools import reports, runfile
+
+    start(two_tasks(tmp_path))
+    path = str(tmp_path / "out" / "results.h5")
+    with runfile.open_results(path) as f:
+        d = reports.kcurve(f, path)
+    assert d["selected"]["matches_stored"] and d["control"]["matches_stored"]
 
 
 def test_analyze_discordance_reads_the_tasks_of_one_run(tmp_path):

@@ -15,7 +15,7 @@ from randopt_hpc.data import read_records
 from randopt_hpc.tasks import get_task
 from randopt_hpc.tasks import rocstories as roc
 from randopt_hpc.tasks import uspto50k as uspto
-from randopt_hpc.vote import judge_with, vote
+from randopt_hpc.vote import judge_with, key_verdicts, vote
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ROC_ROWS = read_records(str(DATA / "rocstories/sample.jsonl"))
@@ -187,8 +187,11 @@ def test_rocstories_partial_credit_is_never_correct():
     assert min(rewards.values()) == pytest.approx(0.1) and max(rewards.values()) == 1.0
     assert rewards["ADECB"] == pytest.approx(0.12)   # the reversal: no pair kept, the middle sentence in place
     judge = judge_with(get_task("rocstories"), [ROC_EX])
-    assert vote([["ADECB"], ["ADECB"], ["BCEDA"]], [[False], [False], [True]], 3, judge) == (["ADECB"], [False])
-    assert vote([["BCEDA"], ["ADECB"]], [[True], [False]], 2, judge) == (["BCEDA"], [True])
+
+    def voted(keys, correct, k):
+        return vote(keys, key_verdicts(keys, correct, judge), k)
+    assert voted([["ADECB"], ["ADECB"], ["BCEDA"]], [[False], [False], [True]], 3) == (["ADECB"], [False])
+    assert voted([["BCEDA"], ["ADECB"]], [[True], [False]], 2) == (["BCEDA"], [True])
     assert not roc.key_correct("B,C,E,D,A", ROC_EX) and not roc.key_correct(None, ROC_EX)
 
 
@@ -249,7 +252,8 @@ def test_uspto_votes_the_class_value():
     scored = [uspto.score(c, USPTO_EX) for c in ("<answer>7</answer>", "<answer>3</answer>", "<answer>03</answer>",
                                                   "<answer>٣</answer>", "7")]
     keys, correct = [[s.key] for s in scored], [[s.correct] for s in scored]
-    assert vote(keys, correct, 5, judge_with(get_task("uspto50k"), [USPTO_EX])) == (["3"], [True])
+    judge = judge_with(get_task("uspto50k"), [USPTO_EX])
+    assert vote(keys, key_verdicts(keys, correct, judge), 5) == (["3"], [True])
 
 
 def test_uspto_agrees_with_reference_extraction():
