@@ -334,46 +334,19 @@ def from_dict(data: dict) -> Config:
     return _build(Config, data, "")
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` -> (['a', 'b'], typed value); the value is read as YAML (1e-3, [1, 2], true, null)."""
-    if "=" not in text:
-        raise ConfigError(f"{text}: an override must look like key=value (for example population.size=64)")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-        raise ConfigError(f"{key or '(empty)'}: not a dotted config key")
-    from randopt_hpc.textio import read_yaml
-
-    value = read_yaml(raw, key) if raw.strip() else ""
-    return key.split("."), _floats_in(value)
-
-
-# YAML 1.1 reads `1e-3` as a string; numbers in scientific notation are what users type for sigma.
-_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _floats_in(value: Any) -> Any:
-    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-        return float(value)
-    if isinstance(value, list):
-        return [_floats_in(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _floats_in(v) for k, v in value.items()}
-    return value
-
-
 def load_config(path: str | None, overrides: list[str] = (), check_paths: bool = True) -> Config:
     """YAML file (or nothing) + overrides -> a validated Config."""
+    from randopt_hpc.textio import floats_in, parse_override, read_yaml_file  # textio imports ConfigError from here
+
     data: dict = {}
     if path is not None:
         if not os.path.isfile(path):
             raise ConfigError(f"config: no such file: {path}")
-        from randopt_hpc.textio import read_yaml_file
-
         data = read_yaml_file(path, "config") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config: {path} must hold a mapping at the top level")
-        data = _floats_in(data)
+        data = floats_in(data)
+
     for text in overrides:
         keys, value = parse_override(text)
         node = data

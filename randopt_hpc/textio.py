@@ -3,6 +3,8 @@ UTF-8, YAML without aliases; whatever cannot be read is a one-line ConfigError n
 from __future__ import annotations
 
 import os
+import re
+from typing import Any
 
 import yaml
 
@@ -56,3 +58,29 @@ def read_text(path: str, what: str, max_bytes: int) -> str:
 def read_yaml_file(path: str, what: str):
     """A YAML file -> plain data, or a one-line ConfigError naming `what` and the path."""
     return read_yaml(read_text(path, what, MAX_CONFIG_BYTES), f"{what}: {path}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (['a', 'b'], typed value); the value is read as YAML (1e-3, [1, 2], true, null)."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: an override must look like key=value (for example population.size=64)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(f"{key or '(empty)'}: not a dotted config key")
+    value = read_yaml(raw, key) if raw.strip() else ""
+    return key.split("."), floats_in(value)
+
+
+# YAML 1.1 reads `1e-3` as a string; numbers in scientific notation are what users type for sigma.
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def floats_in(value: Any) -> Any:
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [floats_in(v) for v in value]
+    if isinstance(value, dict):
+        return {k: floats_in(v) for k, v in value.items()}
+    return value

@@ -34,6 +34,7 @@ than a few milliseconds (Python parses 500 nested signs in about 3 ms).
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 import random
@@ -189,14 +190,16 @@ _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: _times, ast.D
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
+@functools.lru_cache(maxsize=4096)   # the reward reads the answer as written, the vote stripped: mostly the same text
 def python_value(text: str):
-    """What eval(text) gives for text over the reference's characters: an int, float or complex (a
-    negative number to a fractional power), or None where eval would raise or the bounds refuse. The
-    walk is iterative: Python parses a thousand nested unary signs, which would overflow a recursive one."""
+    """The value Python's evaluation of text gives, for text over the reference's characters: an int, float
+    or complex (a negative number to a fractional power), or None where Python would raise or the bounds
+    refuse. The walk is iterative: Python parses 500 nested unary signs; a recursive walk would hold 500 frames."""
     if len(text) > MAX_ANSWER_CHARS:
         return None
     try:
-        tree = ast.parse(text.lstrip(" \t"), mode="eval")   # eval() strips leading spaces and tabs; parse does not
+        # Python's evaluation strips leading spaces and tabs; ast.parse does not.
+        tree = ast.parse(text.lstrip(" \t"), mode="eval")
         stack, values = [(tree.body, False)], []
         while stack:
             node, ready = stack.pop()

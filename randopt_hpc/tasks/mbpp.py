@@ -11,8 +11,8 @@ Carried over from the RandOpt reference (data_handlers/mbpp.py, utils/reward_sco
 - reward 1.0 when every test passes, else 0.0; correct = reward > 0; the voting key is the code itself.
 
 Where this departs from the reference, and why:
-- Programs run in randopt_hpc.sandbox (own process, no network, read-only filesystem, rlimits) instead of
-  exec() in the scoring process: model-written code must not reach the host or the MPI rank.
+- Programs run in randopt_hpc.sandbox (own process, no network, read-only filesystem, rlimits), never in
+  the scoring process as the reference ran them: model-written code must not reach the host or the MPI rank.
 - The time limit is TIMEOUT_S for the whole program (setup, code and every test), not 5 s per piece, which
   the reference enforced only from the main thread; an infinite loop then costs one limit, not one per test.
 - SystemExit and other BaseExceptions fail the program; the reference caught only Exception, so a
