@@ -97,7 +97,10 @@ class PopulationConfig:
 @dataclass(frozen=True)
 class SelectionConfig:
     top_k: tuple[int, ...] = (1, 5, 10)
-    control: bool = True          # also vote K unselected members (the first K by index)
+    control: bool = True          # also vote unselected controls: K candidates in a seeded random order, and K
+                                  # with the selected members' σ histogram (randopt_hpc.select)
+    control_size: int | None = None   # members of the random control; null = max K; population.size = a scan
+                                      # (every candidate answers the test set: unselected votes of every size)
     task: str | None = None       # several tasks: rank by this task's train score; null = the mean over tasks
 
     def validate(self, n: int, tasks: tuple = ()) -> None:
@@ -109,16 +112,28 @@ class SelectionConfig:
         for k in self.top_k:
             _require(1 <= k <= n, "selection.top_k", f"each K must be in [1, population.size={n}], got {k}")
         _require(len(set(self.top_k)) == len(self.top_k), "selection.top_k", f"duplicate K in {list(self.top_k)}")
+        if self.control_size is not None:
+            _within("selection.control_size", self.control_size, max(self.top_k), n)
+            _require(self.control, "selection.control_size", "sizes the control; it needs selection.control: true")
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 1024
     batch_size: int = 64
+    samples: int = 0              # S sampled answers of the base model per test item (pass@k, TT-MV, Best-of-N)
+    temperature: float = 0.6      # of those samples (candidates and members always answer greedily)
+    top_p: float = 0.95           # nucleus of those samples (0.6 and 0.95: the limit-of-RLVR study's setting)
+    seed: int = 0                 # sample s of item x is drawn from (seed, x's id, s): the same in any batch
 
     def validate(self) -> None:
         _within("generation.max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
         _within("generation.batch_size", self.batch_size, 1, MAX_BATCH)
+        _within("generation.samples", self.samples, 0, MAX_SAMPLES)
+        _require(0 < self.temperature <= MAX_TEMPERATURE, "generation.temperature",
+                 f"must be in (0, {MAX_TEMPERATURE:g}], got {self.temperature}")
+        _require(0 < self.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(0 <= self.seed < 2**63, "generation.seed", f"must be in [0, 2**63), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -241,6 +256,8 @@ MAX_EXAMPLES = 1_000_000
 MAX_NEW_TOKENS = 1_000_000
 MAX_BATCH = 100_000
 MAX_THREADS = 4096
+MAX_SAMPLES = 100_000
+MAX_TEMPERATURE = 100.0
 
 
 def _within(name: str, value: int, lo: int, hi: int) -> None:

@@ -8,7 +8,8 @@ import time
 
 from randopt_hpc.population import Candidate
 from randopt_hpc.progress import Timer
-from randopt_hpc.records import Answers, BaseRecord, CandidateRecord, MemberRecord
+from randopt_hpc.records import Answers, BaseRecord, CandidateRecord, MemberRecord, SampleRecord
+from randopt_hpc.sampling import Sampling
 from randopt_hpc.tasks.base import score_all
 
 
@@ -18,20 +19,22 @@ class Evaluator:
         self.timer = timer or Timer()
         self.keep_text = keep_text     # output.save_text: raw completions of candidates and members
 
-    def answers(self, examples, cand: Candidate | None = None, keep_text: bool | None = None) -> Answers:
-        """Greedy answers of the base model (cand None) or of a perturbed candidate, scored."""
+    def answers(self, examples, cand: Candidate | None = None, keep_text: bool | None = None,
+                sampling: Sampling | None = None) -> Answers:
+        """Greedy answers of the base model (cand None) or of a perturbed candidate, scored; or, with
+        `sampling`, one sampled answer of the base model per example."""
         t = self.timer
         if cand is not None:
             with t("perturb"):
                 self.backend.perturb(cand.seed, cand.sigma)
         with t("generate"):
-            texts = self.backend.generate(examples)
+            completions = self.backend.complete(examples, sampling)
         with t("score"):
-            scored = score_all(self.task, texts, examples)
+            scored = score_all(self.task, [c.text for c in completions], examples)
         if cand is not None:
             with t("restore"):
                 self.backend.restore()
-        return Answers.from_scored(texts, scored, self.keep_text if keep_text is None else keep_text)
+        return Answers.from_scored(completions, scored, self.keep_text if keep_text is None else keep_text)
 
     def candidate(self, cand: Candidate, train, rank: int) -> CandidateRecord:
         t0 = time.perf_counter()
@@ -46,3 +49,6 @@ class Evaluator:
     def base(self, split: str, examples) -> BaseRecord:
         # One model: its raw completions are always kept.
         return BaseRecord(split=split, answers=self.answers(examples, keep_text=True))
+
+    def sample(self, sampling: Sampling, test) -> SampleRecord:
+        return SampleRecord(index=sampling.index, answers=self.answers(test, sampling=sampling))

@@ -1,11 +1,13 @@
 """The records a run appends to its shards: one scored answer set, and who gave it.
 
-Three kinds, one JSON object per shard line (the layout of schema 1, so older run folders read back):
+Four kinds, one JSON object per shard line:
   candidate  {"type": "candidate", "index", "seed", "sigma", "score", "accuracy", <answers>, "rank", "seconds"}
   base       {"type": "base", "split": "train" | "test", <answers>}
   member     {"type": "member", "index", <answers>}
+  sample     {"type": "sample", "index": s, <answers>}     the base model's sample s on the test split
 where <answers> is "rewards", "correct", "keys", "answers", "texts" (one entry per example; texts may
-be null). `from_json` refuses anything else, so a hand-edited or foreign line is never half-read.
+be null) and "prompt_tokens", "gen_tokens", "finish" (token accounting; absent in lines written before
+it existed). `from_json` refuses anything else, so a hand-edited or foreign line is never half-read.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from randopt_hpc.sampling import FINISH
 
 
 def mean(xs: Sequence) -> float:
@@ -29,12 +33,18 @@ class Answers:
     keys: tuple[str | None, ...]        # voting keys; None = abstain
     answers: tuple[str | None, ...]     # extracted answer text
     texts: tuple[str, ...] | None       # raw completions, when kept
+    prompt_tokens: tuple[int, ...] | None = None   # token accounting (None: a shard line from before it)
+    gen_tokens: tuple[int, ...] | None = None
+    finish: tuple[str, ...] | None = None         # randopt_hpc.sampling.FINISH
 
     @staticmethod
-    def from_scored(texts: Sequence[str], scored: Sequence, keep_text: bool) -> Answers:
+    def from_scored(completions: Sequence, scored: Sequence, keep_text: bool) -> Answers:
+        """`completions`: randopt_hpc.sampling.Completion per example."""
         return Answers(rewards=tuple(s.reward for s in scored), correct=tuple(bool(s.correct) for s in scored),
                        keys=tuple(s.key for s in scored), answers=tuple(s.answer for s in scored),
-                       texts=tuple(texts) if keep_text else None)
+                       texts=tuple(c.text for c in completions) if keep_text else None,
+                       prompt_tokens=tuple(c.prompt_tokens for c in completions),
+                       gen_tokens=tuple(c.gen_tokens for c in completions), finish=tuple(c.finish for c in completions))
 
     @property
     def score(self) -> float:
@@ -46,8 +56,12 @@ class Answers:
         return mean(self.correct)
 
     def to_dict(self) -> dict:
-        return {"rewards": list(self.rewards), "correct": list(self.correct), "keys": list(self.keys),
-                "answers": list(self.answers), "texts": None if self.texts is None else list(self.texts)}
+        out = {"rewards": list(self.rewards), "correct": list(self.correct), "keys": list(self.keys),
+               "answers": list(self.answers), "texts": None if self.texts is None else list(self.texts)}
+        if self.gen_tokens is not None:
+            out.update(prompt_tokens=list(self.prompt_tokens), gen_tokens=list(self.gen_tokens),
+                       finish=list(self.finish))
+        return out
 
     @staticmethod
     def from_dict(d: dict) -> Answers:
@@ -62,8 +76,20 @@ class Answers:
         for name in ("keys", "answers"):
             if not all(v is None or isinstance(v, str) for v in d[name]):
                 raise ValueError(f"{name} must be strings or null")
+        tokens = {}
+        if "gen_tokens" in d:
+            for name in ("prompt_tokens", "gen_tokens"):
+                v = d[name]
+                if not isinstance(v, list) or len(v) != len(rewards) or \
+                        not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v):
+                    raise ValueError(f"{name} must be one count per example")
+                tokens[name] = tuple(v)
+            if not isinstance(d["finish"], list) or len(d["finish"]) != len(rewards) or \
+                    not all(f in FINISH for f in d["finish"]):
+                raise ValueError(f"finish must be one of {', '.join(FINISH)} per example")
+            tokens["finish"] = tuple(d["finish"])
         return Answers(rewards=rewards, correct=tuple(d["correct"]), keys=tuple(d["keys"]),
-                       answers=tuple(d["answers"]), texts=None if texts is None else tuple(texts))
+                       answers=tuple(d["answers"]), texts=None if texts is None else tuple(texts), **tokens)
 
 
 class _Keyed:
@@ -120,8 +146,17 @@ class MemberRecord(_Keyed):
     key_field = "index"
 
 
-Record = CandidateRecord | BaseRecord | MemberRecord
-KINDS = ("candidate", "base", "member")
+@dataclass(frozen=True)
+class SampleRecord(_Keyed):
+    """Sample `index` of the base model's answers on the test split (generation.samples)."""
+    index: int
+    answers: Answers
+    kind = "sample"
+    key_field = "index"
+
+
+Record = CandidateRecord | BaseRecord | MemberRecord | SampleRecord
+KINDS = ("candidate", "base", "member", "sample")
 
 
 def to_json(record: Record) -> str:
@@ -156,6 +191,8 @@ def from_json(line: str) -> Record:
             if d["split"] not in ("train", "test"):
                 raise ValueError("split must be train or test")
             return BaseRecord(split=d["split"], answers=answers)
+        if d["type"] == "sample":
+            return SampleRecord(index=_int(d, "index"), answers=answers)
         return MemberRecord(index=_int(d, "index"), answers=answers)
     except (KeyError, TypeError) as e:
         raise ValueError(f"{d['type']} record lacks or mistypes {e}") from None
@@ -168,16 +205,17 @@ class Done:
     candidates: dict
     base: dict
     members: dict
+    samples: dict
 
     @staticmethod
     def of(records) -> Done:
-        done = Done({}, {}, {})
+        done = Done({}, {}, {}, {})
         for r in records:
             done.add(r)
         return done
 
     def table(self, kind: str) -> dict:
-        return {"candidate": self.candidates, "base": self.base, "member": self.members}[kind]
+        return {"candidate": self.candidates, "base": self.base, "member": self.members, "sample": self.samples}[kind]
 
     def add(self, r: Record) -> None:
         self.table(r.kind).setdefault(r.key, r)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from randopt_hpc import vote
+from randopt_hpc.sampling import FINISH
+from randopt_hpc.summary import GROUPS
 from randopt_hpc.version import SCHEMA_VERSION, __version__
 
 
@@ -25,6 +27,19 @@ def _texts(rows) -> np.ndarray:
     return np.array([[t if t is not None else "" for t in row] for row in rows], dtype=object)
 
 
+def _gen_tokens(rows) -> np.ndarray:
+    """Generated tokens per model and example; -1 where a record predates token accounting."""
+    return np.array([a.gen_tokens if a.gen_tokens is not None else [-1] * len(a.rewards) for a in rows],
+                    dtype=np.int32)
+
+
+def _finish(rows) -> np.ndarray:
+    """Finish reasons as codes into FINISH (data/finish_reasons); -1 where a record predates them."""
+    code = {f: i for i, f in enumerate(FINISH)}
+    return np.array([[code[f] for f in a.finish] if a.finish is not None else [-1] * len(a.rewards) for a in rows],
+                    dtype=np.int8)
+
+
 def _ensemble(v: vote.EnsembleVote, answers: dict) -> dict:
     """One ensemble group: its members' test answers and its vote for every K."""
     rows = [answers[m] for m in v.members]
@@ -35,6 +50,8 @@ def _ensemble(v: vote.EnsembleVote, answers: dict) -> dict:
         "test_key_correct": np.array(v.key_correct, dtype=bool),
         "test_reward": np.array([a.rewards for a in rows], dtype=np.float32),
         "test_answer": _texts([a.answers for a in rows]),
+        "test_gen_tokens": _gen_tokens(rows),
+        "test_finish": _finish(rows),
         "k": np.array(v.ks, dtype=np.int64),
         "voted_key": _keys(v.voted_keys),
         "voted_correct": np.array(v.voted_correct, dtype=bool),
@@ -52,10 +69,11 @@ def _by_task(flags, examples, names) -> list[float]:
 
 
 def build_tree(cfg, train, test, base: dict, population: list, order: list, votes: dict, member_answers: dict,
-               timings: list, objective) -> dict:
+               samples: list, timings: list, objective, judge=None) -> dict:
     """The results.h5 tree (docs/results-schema.md): base = {split: Answers}, population = every
-    CandidateRecord, votes = {"selected": EnsembleVote, "control": EnsembleVote (optional)}, objective =
-    the ranking's score (randopt_hpc.tasks.multi.Objective)."""
+    CandidateRecord, votes = {group name: EnsembleVote} (randopt_hpc.run.ensembles), samples = the base
+    model's sampled test Answers in sample order, objective = the ranking's score
+    (randopt_hpc.tasks.multi.Objective), judge = the task's verdict on a test key (vote.judge_with)."""
     if [r.index for r in population] != list(range(cfg.population.size)):
         raise ValueError(f"population incomplete: {len(population)} of {cfg.population.size} candidates")
     answers = [r.answers for r in population]
@@ -70,6 +88,8 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
         "train_reward": np.array([a.rewards for a in answers], dtype=np.float32),
         "train_correct": np.array([a.correct for a in answers], dtype=bool),
         "train_key": _keys([a.keys for a in answers]),
+        "train_gen_tokens": _gen_tokens(answers),
+        "train_finish": _finish(answers),
         "rank": np.array([r.rank for r in population], dtype=np.int32),
         "seconds": np.array([r.seconds for r in population]),
     }
@@ -83,7 +103,16 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
         base_group.update({f"{split}_reward": np.array(b.rewards, dtype=np.float32),
                            f"{split}_correct": np.array(b.correct, dtype=bool),
                            f"{split}_key": _keys([b.keys])[0], f"{split}_answer": _texts([b.answers])[0],
-                           f"{split}_text": _texts([b.texts])[0]})
+                           f"{split}_text": _texts([b.texts])[0], f"{split}_gen_tokens": _gen_tokens([b])[0],
+                           f"{split}_finish": _finish([b])[0]})
+    if samples:
+        keys = [a.keys for a in samples]
+        base_group.update({"test_samples_key": _keys(keys),
+                           "test_samples_correct": np.array([a.correct for a in samples], dtype=bool),
+                           "test_samples_key_correct": np.array(vote.key_verdicts(keys, [a.correct for a in samples],
+                                                                                  judge), dtype=bool),
+                           "test_samples_reward": np.array([a.rewards for a in samples], dtype=np.float32),
+                           "test_samples_gen_tokens": _gen_tokens(samples), "test_samples_finish": _finish(samples)})
     return {
         "population": pop,
         "base": base_group,
@@ -102,6 +131,9 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
                  "test_ids": np.array([ex.id for ex in test], dtype=object),
                  "train_prompt": np.array([ex.prompt for ex in train], dtype=object),
                  "test_prompt": np.array([ex.prompt for ex in test], dtype=object),
+                 "train_prompt_tokens": _prompt_tokens(base["train"]),
+                 "test_prompt_tokens": _prompt_tokens(base["test"]),
+                 "finish_reasons": np.array(FINISH, dtype=object),
                  "train_target": np.array([ex.target for ex in train], dtype=np.float64),
                  "test_target": np.array([ex.target for ex in test], dtype=np.float64)},
         "timing": {name: np.array([t[name] for t in timings], dtype=object if name == "hostname" else None)
@@ -109,37 +141,22 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
     }
 
 
-def summary_rows(base: dict, population: list, order: list, votes: dict, member_answers: dict) -> list:
-    """(model, K, train accuracy, test accuracy) rows for the log's table."""
-    best = order[0]
-    rows = [("base", None, base["train"].accuracy, base["test"].accuracy),
-            (f"best single (#{best})", None, population[best].answers.accuracy, member_answers[best].accuracy)]
-    control = votes.get("control")
-    for i, k in enumerate(votes["selected"].ks):
-        rows.append((f"top-{k} vote", k, votes["selected"].train_accuracy[i], votes["selected"].accuracy[i]))
-        if control is not None:
-            rows.append((f"control-{k} vote (first {k} by index)", k, control.train_accuracy[i], control.accuracy[i]))
-    return rows
+def _prompt_tokens(answers) -> np.ndarray:
+    """Prompt tokens per example: the same for every model of a run (one tokenizer, one prompt)."""
+    return np.array(answers.prompt_tokens if answers.prompt_tokens is not None else [-1] * len(answers.rewards),
+                    dtype=np.int32)
 
 
 def task_table(names: list, base_by_task: list, votes: dict, test) -> str:
     """Several tasks: test accuracy on each task, for the base model and every vote."""
     rows = [("base", base_by_task)]
     for name, v in votes.items():
-        rows += [(f"{'top' if name == 'selected' else 'control'}-{k} vote", _by_task(c, test, names))
-                 for k, c in zip(v.ks, v.voted_correct)]
+        rows += [(GROUPS[name].format(k=k) + " vote", _by_task(c, test, names)) for k, c in zip(v.ks, v.voted_correct)]
     width = max(len(r[0]) for r in rows)
     cols = [max(len(n), 5) for n in names]
     lines = [f"{'test accuracy':<{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, cols)),
              "-" * (width + 2 + sum(cols) + 2 * (len(cols) - 1))]
     lines += [f"{label:<{width}}  " + "  ".join(f"{a:>{w}.3f}" for a, w in zip(accs, cols)) for label, accs in rows]
-    return "\n".join(lines)
-
-
-def summary_table(rows) -> str:
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'model':<{width}}  {'train acc':>9}  {'test acc':>8}", "-" * (width + 21)]
-    lines += [f"{name:<{width}}  {tr:>9.3f}  {te:>8.3f}" for name, _, tr, te in rows]
     return "\n".join(lines)
 
 
@@ -163,11 +180,11 @@ def _versions(comm) -> dict:
     return out
 
 
-def provenance(cfg, comm, hostnames: list) -> dict:
+def provenance(cfg, comm, hostnames: list, parameters: int) -> dict:
     from randopt_hpc.config import fingerprint_hash, to_yaml
 
     return {"schema_version": SCHEMA_VERSION, "package_version": __version__, "git_commit": _git_commit(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "config": to_yaml(cfg), "config_fingerprint": fingerprint_hash(cfg), "world_size": comm.size,
             "hostnames": json.dumps(hostnames), "versions": json.dumps(_versions(comm)),
-            "task": cfg.task.name, "population_size": cfg.population.size}
+            "task": cfg.task.name, "population_size": cfg.population.size, "model_parameters": int(parameters)}

@@ -95,9 +95,16 @@ def comparable(path: str) -> dict[str, Any]:
 
 
 def check_schema(f, path: str) -> None:
+    """One line for a file of another schema version: its datasets mean other things (schema 1's control was
+    the first K by index), so nothing is read from it."""
     v = f.attrs.get("schema_version")
-    if v is None or int(v) != SCHEMA_VERSION:
-        raise ValueError(f"{path}: results schema version {v}, this reader understands {SCHEMA_VERSION}")
+    try:
+        ok = v is not None and int(v) == SCHEMA_VERSION
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{path}: results schema version {str(v)[:40]}, this reader understands only "
+                         f"{SCHEMA_VERSION} (docs/results-schema.md; rerun the config to rewrite it)")
 
 
 def damage(path: str, cfg) -> str | None:
@@ -123,7 +130,11 @@ def damage(path: str, cfg) -> str | None:
                     "selection/ranking": (n,), "selection/top_k": (nk,), "ensemble/selected/members": (k,),
                     "ensemble/selected/test_key": (k, t), "ensemble/selected/voted_correct": (nk, t)}
             if cfg.selection.control:
-                want.update({"ensemble/control/members": (k,), "ensemble/control/voted_correct": (nk, t)})
+                c = cfg.selection.control_size or k
+                want.update({"ensemble/control/members": (c,), "ensemble/control/voted_correct": (nk, t),
+                             "ensemble/control_sigma/members": (k,), "ensemble/control_sigma/voted_correct": (nk, t)})
+            if cfg.generation.samples:
+                want["base/test_samples_key"] = (cfg.generation.samples, t)
             for name, shape in want.items():
                 if name not in f:
                     return f"{name} is missing"

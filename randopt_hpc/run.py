@@ -18,6 +18,7 @@ from randopt_hpc.evaluate import Evaluator
 from randopt_hpc.lock import LockError
 from randopt_hpc.progress import Progress, Timer
 from randopt_hpc.runfolder import FINISHED, RunFolder
+from randopt_hpc.sampling import Sampling
 from randopt_hpc.tasks.multi import Objective
 
 USAGE = "usage: python -m randopt_hpc.run CONFIG.yaml [key=value ...]"
@@ -53,23 +54,26 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
         done.add(ev.candidate(cands[i], train, rank))
         shard.append(done.candidates[i])
 
-    # One global ranking from everyone's scores; every top-K is a prefix of it.
+    # One global ranking from everyone's exact scores; every top-K is a prefix of it.
     with timer("wait"):
-        scores = dict(p for part in comm.allgather([(i, objective(done.candidates[i].answers.rewards)) for i in mine])
-                      for p in part)
+        scores = dict(p for part in comm.allgather([(i, objective.exact(done.candidates[i].answers.rewards))
+                                                    for i in mine]) for p in part)
     if progress:
         progress.stop()
     order, k = select.ranking(list(scores), list(scores.values())), cfg.k_max
-    selected, control = order[:k], (select.control_members(n, k) if cfg.selection.control else [])
+    groups = ensembles(cfg, order[:k], cands)
+    every_member = [m for g in groups.values() for m in g]
     log.info("ranking done: best candidate %d (score %.4f); %d members answer the test set",
-             order[0], scores[order[0]], len(set(selected + control)))
+             order[0], scores[order[0]], len(set(every_member)))
 
-    # The base model (both splits) and the members (test split) answer, spread over the ranks.
-    my_jobs = answer_jobs(selected + control)[rank::size]
+    # The base model (both splits, and its test samples) and the members (test split) answer, spread
+    # over the ranks.
+    my_jobs = answer_jobs(every_member, cfg.generation.samples)[rank::size]
     for kind, key in my_jobs:
         if key not in done.table(kind):
-            stop.check(f"{kind} {key} on the test set" if kind == "member" else f"the base model on {key}")
+            stop.check(f"{kind} {key} on the test set" if kind != "base" else f"the base model on {key}")
             done.add(ev.member(cands[key], test) if kind == "member" else
+                     ev.sample(sampling(cfg, key), test) if kind == "sample" else
                      ev.base(key, train if key == "train" else test))
             shard.append(done.table(kind)[key])
     shard.close()
@@ -80,13 +84,12 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
                              "answered": [done.table(kind)[key] for kind, key in my_jobs],
                              "timing": {"rank": rank, "hostname": env.hostname, **timer.totals()}})
     if rank == 0:
-        population, base, members = collect(parts, selected + control)
+        population, base, members, samples = collect(parts, every_member, cfg.generation.samples)
         ks, on_train = sorted(cfg.selection.top_k), {r.index: r.answers for r in population}
         judges = (vote.judge_with(task, test), vote.judge_with(task, train))
-        votes = {name: vote.vote_ensemble(group, ks, members, on_train, judges)
-                 for name, group in (("selected", selected), ("control", control)) if group}
-        write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members,
-                      [p["timing"] for p in parts], objective)
+        votes = {name: vote.vote_ensemble(group, ks, members, on_train, judges) for name, group in groups.items()}
+        write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, samples,
+                      [p["timing"] for p in parts], objective, judges[0])
     comm.barrier()
 
 
@@ -219,19 +222,49 @@ def take_lock(folder: RunFolder, env, log) -> str | None:
     return None
 
 
-def answer_jobs(members: list[int]) -> list[tuple[str, object]]:
+def ensembles(cfg, selected: list[int], cands) -> dict[str, list[int]]:
+    """The voted groups, by name: the selected top K, and with selection.control the unselected controls,
+    K (or selection.control_size) candidates in a seeded random order and K with the selected σ histogram."""
+    groups = {"selected": selected}
+    if cfg.selection.control:
+        n, seed = cfg.population.size, cfg.population.seed
+        groups["control"] = select.control_members(n, cfg.selection.control_size or len(selected), seed)
+        groups["control_sigma"] = select.sigma_matched(selected, [cands[i].sigma for i in range(n)], n, seed)
+    return groups
+
+
+def sampling(cfg, index: int) -> Sampling:
+    g = cfg.generation
+    return Sampling(temperature=g.temperature, top_p=g.top_p, seed=g.seed, index=index)
+
+
+def answer_jobs(members: list[int], samples: int = 0) -> list[tuple[str, object]]:
     """What answers after the ranking, in a fixed order that the ranks take round-robin (rank r: jobs r,
-    r + size, ...): the base model on both splits, then each member (one in both groups answers once)."""
-    return [("base", "train"), ("base", "test")] + [("member", m) for m in dict.fromkeys(members)]
+    r + size, ...): the base model on both splits, its test samples, then each member (one in several
+    groups answers once)."""
+    return [("base", "train"), ("base", "test")] + [("sample", s) for s in range(samples)] + \
+        [("member", m) for m in dict.fromkeys(members)]
 
 
-def collect(parts: list[dict], members: list[int]) -> tuple[list, dict, dict]:
+def collect(parts: list[dict], members: list[int], samples: int = 0) -> tuple[list, dict, dict, list]:
     """Rank 0: the gathered parts as (every candidate record by index, the base model's answers by split,
-    each member's test answers)."""
+    each member's test answers, the base model's test samples in order)."""
     population = sorted((r for p in parts for r in p["candidates"]), key=lambda r: r.index)
     answered = {(r.kind, r.key): r.answers for p in parts for r in p["answered"]}
     return (population, {split: answered[("base", split)] for split in ("train", "test")},
-            {m: answered[("member", m)] for m in dict.fromkeys(members)})
+            {m: answered[("member", m)] for m in dict.fromkeys(members)},
+            [answered[("sample", s)] for s in range(samples)])
+
+
+def model_parameters(path: str) -> int:
+    """P, the model's parameter count from its safetensors headers (a generated token costs about 2·P FLOPs);
+    0 when the folder has no safetensors to read it from."""
+    from randopt_hpc.backends.vllm_checkpoint import weight_bytes
+
+    try:
+        return weight_bytes(path, 1)
+    except (ValueError, OSError):
+        return 0
 
 
 def load_backend(cfg, comm, env, log):
@@ -250,16 +283,18 @@ def load_backend(cfg, comm, env, log):
     return make_backend(cfg, model_path)
 
 
-def write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, timings,
-                  objective) -> None:
-    """Rank 0: serialise everything to results.h5 and log the summary table."""
-    from randopt_hpc.report import build_tree, provenance, summary_rows, summary_table, task_table
+def write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, samples, timings,
+                  objective, judge) -> None:
+    """Rank 0: serialise everything to results.h5 and log the summary."""
+    from randopt_hpc.report import build_tree, provenance, task_table
+    from randopt_hpc.summary import render, summarize
 
     log.info("base model: train accuracy %.3f, test accuracy %.3f", base["train"].accuracy, base["test"].accuracy)
-    tree = build_tree(cfg, train, test, base, population, order, votes, members, timings, objective)
-    path = folder.write_results(tree, provenance(cfg, comm, [t["hostname"] for t in timings]))
+    tree = build_tree(cfg, train, test, base, population, order, votes, members, samples, timings, objective, judge)
+    attrs = provenance(cfg, comm, [t["hostname"] for t in timings], model_parameters(cfg.model.path))
+    path = folder.write_results(tree, attrs)
     log.info("summary (N=%d, K=%s, sigmas=%s):\n%s", cfg.population.size, list(cfg.selection.top_k),
-             list(cfg.population.sigmas), summary_table(summary_rows(base, population, order, votes, members)))
+             list(cfg.population.sigmas), render(summarize(tree, attrs)))
     if len(objective.names) > 1:
         log.info("by task:\n%s", task_table(list(objective.names), tree["base"]["test_accuracy_by_task"].tolist(),
                                              votes, test))

@@ -1,11 +1,15 @@
-"""One global ranking of the population; every top-K is a prefix of it. Pure."""
+"""One global ranking of the population (every top-K is a prefix of it), and the unselected controls. Pure."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from randopt_hpc.population import splitmix64
 
-def ranking(indices: Sequence[int], scores: Sequence[float]) -> list[int]:
-    """Candidate indices by score descending, ties by index ascending (NaN scores rank last)."""
+
+def ranking(indices: Sequence[int], scores: Sequence) -> list[int]:
+    """Candidate indices by score descending, ties by index ascending (NaN scores rank last). Scores should
+    be exact (the Fractions of tasks.multi.Objective.exact): float sums of the same rewards in another
+    order differ in the last bit, and would break ties that are not ties."""
     if len(indices) != len(scores):
         raise ValueError(f"{len(indices)} indices but {len(scores)} scores")
     if len(set(indices)) != len(indices):
@@ -14,6 +18,30 @@ def ranking(indices: Sequence[int], scores: Sequence[float]) -> list[int]:
     return [i for i, _ in sorted(zip(indices, scores), key=key)]
 
 
-def control_members(n: int, k: int) -> list[int]:
-    """The unselected control: the first K candidates by index (they were drawn, never chosen)."""
-    return list(range(min(k, n)))
+CONTROL_STREAM = 0xC0117201   # the control's permutation: a stream apart from the seeds' and the σ draw's
+
+
+def control_order(n: int, seed: int) -> list[int]:
+    """All N candidates in a seeded random order, independent of how σ was laid out over the indices (under
+    sigma_assignment=blocked the first indices all share one σ, so 'the first K' would be a one-σ ensemble)."""
+    return sorted(range(n), key=lambda i: (splitmix64(splitmix64(seed ^ CONTROL_STREAM) ^ splitmix64(i + 1)), i))
+
+
+def control_members(n: int, k: int, seed: int) -> list[int]:
+    """The unselected control: the first k of control_order (drawn, never chosen)."""
+    return control_order(n, seed)[:min(k, n)]
+
+
+def sigma_matched(selected: Sequence[int], sigma_of: Sequence[float], n: int, seed: int) -> list[int]:
+    """A control with the σ histogram of the selected members at every prefix: for each selected member in
+    rank order, the next candidate of its σ in control_order. It tells selection from a σ choice."""
+    queues: dict[float, list[int]] = {}
+    for i in control_order(n, seed):
+        queues.setdefault(sigma_of[i], []).append(i)
+    taken = {s: 0 for s in queues}
+    out = []
+    for m in selected:
+        s = sigma_of[m]
+        out.append(queues[s][taken[s]])
+        taken[s] += 1
+    return out

@@ -76,7 +76,9 @@ def write_config(path: Path, model: Path, out: Path, **sections) -> Path:
         "task": {"name": "countdown", "data": None, "train_size": 6, "test_size": 6, "seed": 3},
         "population": {"size": 12, "seed": 11, "sigmas": [5e-3, 2e-2], "sigma_assignment": "random"},
         "selection": {"top_k": [1, 3], "control": True},
-        "generation": {"max_new_tokens": 48, "batch_size": 4},
+        # Base samples too: every mpiexec test (rank counts, kills, requeues) then checks that they are a
+        # function of (item, sample) only.
+        "generation": {"max_new_tokens": 48, "batch_size": 4, "samples": 3, "temperature": 1.0},
         "output": {"dir": str(out)},
         "runtime": {"threads": 1, "progress_every_s": 1.0},
     }

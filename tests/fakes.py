@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from randopt_hpc.backends.base import BaseBackend
+from randopt_hpc.sampling import Completion
 
 # What an answer earns under countdown_qa's reward (0.1 * parses + correct).
 REWARD = {"right": 1.1, "wrong": 0.1, "junk": 0.0}
@@ -58,9 +59,16 @@ class FakeBackend(BaseBackend):
     def n_perturbed_elements(self) -> int:
         return 1
 
-    def generate(self, examples) -> list[str]:
+    def complete(self, examples, sampling=None) -> list[Completion]:
+        """A sample draws its answer as a candidate of seed row_seed would: a pure function of (item, sample)."""
         self.generated += len(examples)
-        return [answer_text(kind_of_answer(self.seed, ex.id), ex.numbers, ex.task) for ex in examples]
+        out = []
+        for ex in examples:
+            seed = self.seed if sampling is None else sampling.row_seed(ex.id)
+            text = answer_text(kind_of_answer(seed, ex.id), ex.numbers, ex.task)
+            out.append(Completion(text=text, prompt_tokens=len(ex.prompt.split()), gen_tokens=len(text.split()),
+                                  finish="length" if text.endswith("?") else "eos"))
+        return out
 
 
 def sum_problems(path: Path, n: int, seed: int = 0) -> Path:

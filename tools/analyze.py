@@ -10,10 +10,10 @@ import os
 from contextlib import ExitStack
 
 import click
-import numpy as np
 
 from randopt_hpc.cli import Group
-from tools import reports, runfile, tables
+from randopt_hpc.summary import GROUPS
+from tools import metrics, reports, runfile, tables
 from tools.runfile import ResultsError
 
 PROG = "python -m tools.analyze"
@@ -69,14 +69,16 @@ def _config_lines(cfg: dict) -> list[str]:
 
 
 def _render_summary(s: dict) -> str:
+    from randopt_hpc.summary import render
+
     z = s["sizes"]
     lines = [f"run {s['run']} · task {s['task']} · created {s['created']} · git {s['git_commit'][:10]}",
              "config:", *_config_lines(s["config"]),
              f"sizes: N={z['N']}  M(train)={z['M_train']}  T(test)={z['T_test']}  "
              f"world_size={z['world_size']}  K={z['K']}",
              "",
-             tables.text(["model", "train score", "train acc", "test acc"],
-                         [[r["model"], r["train_score"], r["train_acc"], r["test_acc"]] for r in s["models"]])]
+             render({"rows": s["models"], "differences": s["differences"], "interval": s["interval"],
+                     "tokens": s["tokens"]})]
     if s["timing"]:
         lines += ["", "timing per rank (seconds; idle = wall - busy, wait = time in the score allgather):",
                   tables.text(["rank", "host", "candidates", "wall", "busy", "idle", "wait", "load"],
@@ -97,7 +99,7 @@ def summary(files, as_json):
 # ------------------------------------------------------------------------------------------- kcurve
 
 def _render_kcurve(d: dict) -> str:
-    groups = [g for g in ("selected", "control") if g in d]
+    groups = [g for g in GROUPS if g in d]
     kmax = max(len(d[g]["k"]) for g in groups)
     headers = ["k"] + [h for g in groups for h in (f"{g} vote acc", f"{g} coverage")]
     rows = []
@@ -157,53 +159,103 @@ def _margins(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
 
 
+def _sigma_label(s) -> str:
+    return s if s == "all" else f"{s:g}"
+
+
 def _render_density(d: dict) -> str:
-    rows = [[r["margin"], r["threshold"], r["count"], r["density"], r["low"], r["high"]] for r in d["rows"]]
-    return "\n".join([d["title"], f"base train score: {d['base_train_score']:.4f}; N = {d['N']}; "
-                      f"interval: {d['interval']}",
-                      tables.text(["margin m", "score >=", "count", "density", "95% low", "95% high"], rows, digits=4)])
+    if d["on"] == "score":
+        rows = [[r["margin"], r["threshold"], r["count"], r["density"], r["low"], r["high"]] for r in d["rows"]]
+        return "\n".join([d["title"], f"base train score: {d['base_train_score']:.4f}; N = {d['N']}; "
+                          f"interval: {d['interval']}; all σ pooled",
+                          tables.text(["margin m", "score >=", "count", "density", "95% low", "95% high"], rows,
+                                      digits=4)])
+    sizes = ", ".join(f"{_sigma_label(r['sigma'])}: {r['n']}" for r in d["rows"])
+    rows = [[_sigma_label(r["sigma"]), *(f"{c['density']:.3f} [{c['low']:.2f},{c['high']:.2f}]" for c in r["cells"])]
+            for r in d["rows"]]
+    return "\n".join([d["title"],
+                      f"δ(m) = share of candidates with {d['split']} accuracy ≥ base + m; "
+                      "cells: δ [95% Wilson interval]",
+                      f"source: {d['source']}",
+                      f"base {d['split']} accuracy {d['base_accuracy']:.4f} ({d['base_hits']}/{d['examples']}); "
+                      f"N per σ: {sizes}",
+                      tables.text(["sigma", *(f"m={m:g}" for m in d["margins"])], rows)])
 
 
 @cli.command()
 @files_arg
 @click.option("--margins", callback=_margins, metavar="M1,M2,...",
-              help="Margins m over the base train score "
-                   "(default: an even grid from the worst to the best candidate, with 0).")
-@click.option("--steps", default=11, show_default=True, help="Points of the default grid.")
+              help="Margins m over the base, in accuracy points (default: "
+                   f"{','.join(f'{m:g}' for m in metrics.ACCURACY_MARGINS)}; may be negative). With --on score: over "
+                   "the base train score (default: an even grid from the worst to the best candidate, with 0).")
+@click.option("--on", "on", type=click.Choice(["accuracy", "score"]), default="accuracy", show_default=True,
+              help="accuracy: per σ, from stored correctness (the paper's δ). score: the mean train reward "
+                   "(with format bonus), all σ pooled, as before.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="test: the control members' test accuracy (ensemble/control) against the base's.")
+@click.option("--steps", default=11, show_default=True, help="Points of the default grid of --on score.")
 @json_option
-def density(files, margins, steps, as_json):
-    """Solution density δ(m) = share of candidates with train score ≥ base + m, with a 95% Wilson score interval.
+def density(files, margins, on, split, steps, as_json):
+    """Solution density δ(m) = share of candidates with accuracy ≥ base accuracy + m, per σ, with 95% Wilson intervals.
 
-    Scores are mean train rewards (as population/train_score); base and candidates are both recomputed
-    from the stored per-example rewards so that a candidate equal to the base counts as ≥ base.
+    Accuracies of base and candidates are counts of right answers on the same examples (stored
+    correctness), so a candidate equal to the base counts as ≥ base. Train split: every candidate.
+    Test split: only the control members (every candidate in a scan run). --on score: the old pooled
+    δ on the train score (train split only).
     """
-    _emit(_each(files, reports.density, margins, steps), as_json, _render_density)
+    _emit(_each(files, reports.density, margins, steps, on, split), as_json, _render_density)
 
 
 # -------------------------------------------------------------------------------------- discordance
 
+def _matrix(c) -> str:
+    return tables.text([""] + [f"[{j}]" for j in range(len(c))], [[f"[{i}]", *row] for i, row in enumerate(c.tolist())])
+
+
 def _render_discordance(d: dict) -> str:
-    lines = [f"spectral discordance D = {d['D']:.4f}   "
-             f"(M = {d['M']} columns, bound M/(M-1) = {d['bound']:.4f}, N = {d['N']})",
-             f"columns: {d['source']}"]
+    if d["kind"] == "reliability":
+        return "\n".join([d["label"], f"source: {d['source']}; N = {d['N']}",
+                          f"mean inter-block rank correlation r̄ = {d['r_mean']:.4f}   1 − r̄ = {d['one_minus_r']:.4f}",
+                          f"Spearman–Brown reliability of the full score M·r̄/(1+(M−1)·r̄) = {d['reliability']:.4f}"
+                          f"   (M = {d['M']})",
+                          "inter-block rank correlation matrix:", _matrix(d["correlation"])])
+    lines = [f"spectral discordance D on per-task train accuracy   (M = {d['M']} columns, "
+             f"bound M/(M-1) = {d['bound']:.4f})", f"columns: {d['source']}"]
     lines += [f"  [{j}] {name}" for j, name in enumerate(d["columns"])]
-    lines += ["rank correlation matrix:",
-              tables.text([""] + [f"[{j}]" for j in range(d["M"])],
-                          [[f"[{i}]", *row] for i, row in enumerate(d["correlation"].tolist())])]
-    lines.append("0 = every column ranks the candidates alike; about 1 = unrelated rankings (specialists)")
+    lines.append(tables.text(["sigma", "N", "D", "D corrected", *(f"ρ[{j}]" for j in range(d["M"]))],
+                             [[_sigma_label(r["sigma"]), r["N"], r["D"], r["D_corrected"],
+                               *(rho if rho > 0 else None for rho in r["reliability"])]    # blank: no reliability
+                              for r in d["rows"]], digits=4))
+    for r in d["rows"]:
+        if r["why"]:
+            lines.append(f"  sigma {_sigma_label(r['sigma'])}: D undefined: {r['why']}")
+        elif r["why_corrected"]:
+            lines.append(f"  sigma {_sigma_label(r['sigma'])}: D corrected undefined: {r['why_corrected']}")
+    every = d["rows"][-1]
+    if every["correlation"] is not None:
+        lines += ["rank correlation matrix (all candidates):", _matrix(every["correlation"])]
+    if every["corrected_correlation"] is not None:
+        lines += ["corrected r_ij / sqrt(ρ_i ρ_j), clipped to [-1, 1] (all candidates):",
+                  _matrix(every["corrected_correlation"])]
+    lines += ["D: 0 = every column ranks the candidates alike; about 1 = unrelated rankings (specialists)",
+              "ρ[j]: split-half reliability of column j, 2r/(1+r) with r the rank correlation of its even- and "
+              "odd-position examples; D corrected: 1 - mean off-diagonal corrected correlation"]
     return "\n".join(lines)
 
 
 @cli.command()
 @files_arg
 @click.option("--splits", type=click.IntRange(min=2), default=None, metavar="M",
-              help="One file: split its train examples into M disjoint contiguous blocks, one column each.")
+              help="One file: a reliability diagnostic, not a discordance: cut its train examples into M contiguous "
+                   "blocks and report their mean rank correlation and the full score's reliability.")
 @json_option
 def discordance(files, splits, as_json):
     """Spectral discordance D = 1 − mean off-diagonal Pearson correlation of the candidates' percentile ranks.
 
-    Columns are tasks: several results files of the same population (same seeds and σ) on different
-    tasks, or one file's train set cut into --splits M blocks. D ≤ M/(M−1).
+    Columns are tasks, each candidate's train accuracy on it: one results file of a run on several
+    tasks (data/train_task), or several files of the same population (same seeds and σ), one task each.
+    D for all candidates and per σ, with a noise-corrected D that divides each correlation by the
+    columns' split-half reliabilities. D ≤ M/(M−1). --splits M: one task's blocks (noise, not tasks).
     """
     try:
         with ExitStack() as stack:
@@ -217,24 +269,30 @@ def discordance(files, splits, as_json):
 # -------------------------------------------------------------------------------------------- passk
 
 def _render_passk(d: dict) -> str:
-    groups = [g for g in ("samples", "selected", "control") if g in d]
-    n = max(d[g]["n"] for g in groups)
-    headers = ["k"] + [h for g in groups for h in (f"{g} pass@k", f"{g} coverage (in order)")]
-    rows = [[k] + [v for g in groups for v in ((d[g]["pass_at_k"][k - 1], d[g]["coverage_in_order"][k - 1])
-                                                if k <= d[g]["n"] else (None, None))] for k in range(1, n + 1)]
-    return "\n".join([d["title"], f"source: {d['source']} — {d['note']}", tables.text(headers, rows)])
+    cols = []   # (header, values by k)
+    if "samples" in d:
+        smp = d["samples"]
+        cols += [(f"base pass@k (T={smp['temperature']})", smp["pass_at_k"]), ("base TT-MV@k", smp["tt_mv"])]
+    for g in GROUPS:
+        if g in d:
+            cols += [(f"{g} coverage", d[g]["coverage"]), (f"{g} vote", d[g]["vote"])]
+    n = max(len(v) for _, v in cols)
+    rows = [[k] + [v[k - 1] if k <= len(v) else None for _, v in cols] for k in range(1, n + 1)]
+    return "\n".join([d["title"], f"base test accuracy (greedy): {d['base_test_acc']:.3f}",
+                      tables.text(["k"] + [h for h, _ in cols], rows),
+                      "pass@k: unbiased estimator over the base model's samples; TT-MV@k: vote of k samples, mean over "
+                      "disjoint blocks; coverage / vote: the first k members of each ensemble"])
 
 
 @cli.command()
 @files_arg
 @json_option
 def passk(files, as_json):
-    """Unbiased pass@k = 1 − C(n−c, k)/C(n, k) per test item, averaged, for k = 1..n.
+    """The limit-of-RLVR table: base pass@k and TT-MV@k against each ensemble's coverage and vote, for every k.
 
-    With a dataset base/test_samples_correct (S×T bool, samples of the base model) it is used, n = S.
-    Otherwise n = K ensemble members per item, c = members right. Members are distinct models, not
-    i.i.d. samples: for the selected members pass@k is the coverage of a random k of the top K, shown
-    next to the coverage of the first k in rank order; the control members are i.i.d. perturbations.
+    pass@k = 1 − C(n−c, k)/C(n, k) per test item over the base model's n samples (generation.samples), averaged;
+    TT-MV@k = majority vote of k samples (mean over the disjoint blocks of k); for each ensemble (selected,
+    control, σ-matched control) the coverage (any of the first k members right) and the vote of the first k.
     """
     _emit(_each(files, reports.passk), as_json, _render_passk)
 
@@ -306,20 +364,31 @@ def compare(a, b, as_json):
 @cli.command()
 @click.argument("file", metavar="FILE")
 @click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for the PNGs (created).")
+@click.option("--samples-from", "more", multiple=True, metavar="FILE",
+              help="Another run's results on the same test set (e.g. another generation.temperature): its base "
+                   "pass@k joins passk.png. Repeatable.")
 @click.option("--dpi", default=100, show_default=True)
 @json_option
-def plot(file, out_dir, dpi, as_json):
-    """PNGs: train-score histogram, K-curve, σ box plots, density with its interval band."""
+def plot(file, out_dir, more, dpi, as_json):
+    """PNGs: train-score histogram, K-curve, σ box plots, density with its interval band, and (with base samples)
+    passk.png: base pass@k and TT-MV against each ensemble's coverage and vote, the limit-of-RLVR figure."""
     try:
+        extra = []
+        for other in more:
+            with runfile.open_results(other) as g:
+                extra.append(reports.passk(g, other))
         with runfile.open_results(file) as f:
+            ids = runfile.strings(f, "data/test_ids").tolist()
+            for other in more:
+                with runfile.open_results(other) as g:
+                    if runfile.strings(g, "data/test_ids").tolist() != ids:
+                        raise ResultsError(f"{other}: not the test set of {file} (data/test_ids differ)")
             scores, base = runfile.train_scores(f)
-            # δ only changes at candidates' margins: evaluating there (plus one point beyond each end) draws it exactly.
-            jumps = np.unique(np.round(scores - base, 12))
-            pad = max(0.05 * (jumps[-1] - jumps[0]), 1e-3)
-            grid = [jumps[0] - pad, *jumps, jumps[-1] + pad]
             data = {"title": runfile.title(f, file), "scores": scores, "base": base,
                     "sigmas": f["population/sigma"][()], "kcurve": reports.kcurve(f, file),
-                    "density": reports.density(f, file, grid)}
+                    # δ(m) on train accuracy per σ at every candidate's margin: the step curves are exact.
+                    "density": reports.density(f, file, None, exact=True),
+                    "passk": reports.passk(f, file), "passk_more": extra}
     except (ResultsError, ValueError, OSError) as e:
         _fail(e)
     from tools import plots  # matplotlib only here: every other command works without it

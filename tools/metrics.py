@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from randopt_hpc import vote
+from randopt_hpc.stats import coverage_curve, pass_at_k, pass_at_k_curve  # noqa: F401 (the tools' names)
 
 # Scores are means of rewards such as 0.1 and 1.1; base + margin is computed in floating point, so a
 # candidate exactly `margin` above the base must not fall out on the last bit.
@@ -40,11 +41,11 @@ def wilson(successes: np.ndarray | int, n: int, z: float = 1.959963984540054) ->
     return np.where(k == 0, 0.0, np.clip(centre - half, 0, 1)), np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
 
 
-def density(scores: np.ndarray, base: float, margins: Sequence[float]) -> dict[str, np.ndarray]:
+def density(scores: np.ndarray, base: float, margins: Sequence[float], tol: float = TOL) -> dict[str, np.ndarray]:
     """Solution density δ(m) = share of candidates with score ≥ base + m, with a 95% Wilson interval."""
     s = np.asarray(scores, dtype=np.float64)
     m = np.asarray(margins, dtype=np.float64)
-    count = (s[None, :] >= base + m[:, None] - TOL).sum(axis=1)
+    count = (s[None, :] >= base + m[:, None] - tol).sum(axis=1)
     lo, hi = wilson(count, len(s))
     return {"margin": m, "count": count, "n": len(s), "density": count / len(s) if len(s) else count * np.nan,
             "low": lo, "high": hi}
@@ -127,35 +128,140 @@ def discordance(scores: np.ndarray) -> dict:
 
 
 def split_scores(rewards: np.ndarray, splits: int) -> np.ndarray:
-    """N×E per-example rewards -> N×splits mean rewards on contiguous disjoint blocks of examples."""
+    """N×E per-example rewards (or correctness) -> N×splits means on contiguous disjoint blocks of examples."""
     r = np.asarray(rewards, dtype=np.float64)
     if not 2 <= splits <= r.shape[1]:
         raise ValueError(f"--splits must be between 2 and the number of train examples ({r.shape[1]}), got {splits}")
     return np.column_stack([r[:, block].mean(axis=1) for block in np.array_split(np.arange(r.shape[1]), splits)])
 
 
-def pass_at_k(n: int, c: np.ndarray | int, k: int) -> np.ndarray:
-    """Unbiased pass@k = 1 − C(n−c, k)/C(n, k) per item, as the stable product 1 − Π_{i=n−c+1..n} (1 − k/i)."""
-    c = np.atleast_1d(np.asarray(c, dtype=np.int64))
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} outside 1..n={n}")
-    out = np.empty(len(c), dtype=np.float64)
-    for t, ct in enumerate(c):
-        out[t] = 1.0 if n - ct < k else 1.0 - np.prod(1.0 - k / np.arange(n - ct + 1, n + 1))
+# ----------------------------------------------------------------- the paper's δ(m) and 𝒟, on accuracy and per σ
+
+# Accuracies are hits/E of one example set: 1/E is far coarser than this, which only absorbs base + m rounding.
+ACC_TOL = 1e-12
+# At small σ near-copies of the base tie it, so δ(0) alone says little: margins above it show how far above.
+ACCURACY_MARGINS = (0.0, 0.01, 0.02, 0.05, 0.10)
+
+
+def sigma_groups(sigmas: np.ndarray) -> list[tuple[float | str, np.ndarray]]:
+    """(σ, mask of its candidates) for each σ value, then ('all', everyone)."""
+    sig = np.asarray(sigmas, dtype=np.float64)
+    return [*((float(v), sig == v) for v in np.unique(sig)), ("all", np.ones(len(sig), dtype=bool))]
+
+
+def step_grid(values: np.ndarray, base: float) -> np.ndarray:
+    """Every candidate's margin over the base plus one point beyond each end: δ(m) changes only at those
+    margins, so a step curve through them is exact."""
+    jumps = np.unique(np.round(np.asarray(values, dtype=np.float64) - base, 12))
+    pad = max(0.05 * (jumps[-1] - jumps[0]), 1e-3)
+    return np.array([jumps[0] - pad, *jumps, jumps[-1] + pad])
+
+
+def accuracy_density(correct: np.ndarray, base_correct: np.ndarray, sigmas: np.ndarray,
+                     margins: Sequence[float] | None = None) -> dict:
+    """δ(m) = share of candidates with accuracy ≥ base accuracy + m, per σ and over all, with Wilson intervals.
+
+    N×E candidate and E base correctness on the same examples: a candidate with as many right answers as
+    the base ties it exactly. margins=None: step_grid, every candidate's own margin.
+    """
+    ok, base_ok = np.asarray(correct, dtype=bool), np.asarray(base_correct, dtype=bool)
+    e = ok.shape[1]
+    if e == 0 or base_ok.shape != (e,):
+        raise ValueError(f"candidates answered {e} examples and the base {len(base_ok)}: no common accuracy")
+    acc = ok.sum(axis=1) / e
+    base_hits = int(base_ok.sum())
+    base = base_hits / e
+    grid = step_grid(acc, base) if margins is None else np.asarray(margins, dtype=np.float64)
+    return {"base": base, "base_hits": base_hits, "examples": e, "margin": grid,
+            "rows": [{"sigma": s, **density(acc[mask], base, grid, tol=ACC_TOL)} for s, mask in sigma_groups(sigmas)]}
+
+
+def spearman_brown(r: float, k: float = 2) -> float:
+    """Reliability of a score k times as long as one whose k parts correlate r on average: k·r / (1 + (k−1)·r).
+    NaN where the denominator is not positive (r at its floor −1/(k−1))."""
+    den = 1 + (k - 1) * r
+    return float(k * r / den) if den > 0 else float("nan")
+
+
+def split_half_correlation(correct: np.ndarray) -> float:
+    """Rank correlation r of candidates' accuracy on a column's even- and odd-position examples; ValueError
+    saying why when undefined."""
+    ok = np.asarray(correct, dtype=np.float64)
+    if ok.shape[1] < 2:
+        raise ValueError(f"{ok.shape[1]} example(s): no two halves")
+    try:
+        return 1.0 - discordance(np.column_stack([ok[:, 0::2].mean(axis=1), ok[:, 1::2].mean(axis=1)]))["D"]
+    except ConstantColumn:
+        raise ValueError("every candidate has the same accuracy on one half (even or odd examples)") from None
+
+
+def split_half_reliability(correct: np.ndarray) -> float:
+    """A column's reliability: its split-half r stepped up to the full length, 2r/(1+r)."""
+    return spearman_brown(split_half_correlation(correct))
+
+
+def corrected_correlation(corr: np.ndarray, reliability: Sequence[float]) -> np.ndarray:
+    """Correlations with measurement noise divided out (Spearman's attenuation correction): r_ij / sqrt(ρ_i ρ_j),
+    clipped to [−1, 1] since noisy estimates can overshoot. Needs every ρ > 0."""
+    rho = np.asarray(reliability, dtype=np.float64)
+    if not np.all(rho > 0):
+        raise ValueError("a reliability is ≤ 0 or undefined")
+    c = np.clip(np.asarray(corr, dtype=np.float64) / np.sqrt(np.outer(rho, rho)), -1.0, 1.0)
+    np.fill_diagonal(c, 1.0)
+    return c
+
+
+def thicket_discordance(columns: Sequence[np.ndarray], names: Sequence[str]) -> dict:
+    """𝒟 of per-column accuracy (columns: N×E_j correctness, one per task, the same N candidates), each
+    column's split-half reliability ρ_j, and the noise-corrected 𝒟 = 1 − mean off-diagonal r_ij / sqrt(ρ_i ρ_j).
+
+    Never raises for data reasons: what is undefined is None (NaN for a ρ) with a one-line `why`, so that
+    one σ with a single candidate or a constant column does not hide the others.
+    """
+    n, m = len(columns[0]), len(columns)
+    out = {"N": n, "D": None, "correlation": None, "why": None, "half_correlation": [float("nan")] * m,
+           "reliability": [float("nan")] * m, "reliability_why": [None] * m, "D_corrected": None,
+           "corrected_correlation": None, "why_corrected": None}
+    if n < 2:
+        out["why"] = out["why_corrected"] = f"{n} candidate{'' if n == 1 else 's'}: rank correlation needs 2 or more"
+        return out
+    try:
+        d = discordance(np.column_stack([np.asarray(c, dtype=np.float64).mean(axis=1) for c in columns]))
+        out["D"], out["correlation"] = d["D"], d["correlation"]
+    except ConstantColumn as e:
+        out["why"] = f"every candidate has the same accuracy on {', '.join(names[j] for j in e.columns)}"
+    r, rho, rho_why = out["half_correlation"], out["reliability"], out["reliability_why"]
+    for j, c in enumerate(columns):
+        try:
+            r[j] = split_half_correlation(c)
+            rho[j] = spearman_brown(r[j])
+        except ValueError as e:
+            rho_why[j] = str(e)
+        if rho_why[j] is None and not rho[j] > 0:
+            # Halves that rank candidates oppositely (r ≤ 0) leave no signal to correct towards.
+            rho_why[j] = f"its halves' rank correlation r = {r[j]:.3f} ≤ 0, so ρ ≤ 0"
+    bad = [f"{names[j]}: {rho_why[j]}" for j in range(m) if rho_why[j]]
+    if out["D"] is None:
+        out["why_corrected"] = "D is undefined"
+    elif bad:
+        out["why_corrected"] = "; ".join(bad)
+    else:
+        c = corrected_correlation(out["correlation"], out["reliability"])
+        out["D_corrected"], out["corrected_correlation"] = float(1.0 - c[~np.eye(m, dtype=bool)].mean()), c
     return out
 
 
-def pass_at_k_curve(correct: np.ndarray) -> np.ndarray:
-    """n×T correctness (n samples per item) -> mean pass@k over items for k = 1..n."""
-    ok = np.asarray(correct, dtype=bool)
-    n, c = ok.shape[0], ok.sum(axis=0)
-    return np.array([pass_at_k(n, c, k).mean() for k in range(1, n + 1)])
+def block_reliability(correct: np.ndarray, splits: int) -> dict:
+    """One task's examples cut into `splits` contiguous blocks: mean inter-block rank correlation r̄ of the
+    candidates' block accuracies and the full score's Spearman–Brown reliability M·r̄/(1 + (M−1)·r̄).
 
-
-def coverage_curve(correct: np.ndarray) -> np.ndarray:
-    """K×T member correctness -> share of items that at least one of the first k members gets right, k = 1..K."""
-    ok = np.asarray(correct, dtype=bool)
-    return np.logical_or.accumulate(ok, axis=0).mean(axis=1)
+    A noise diagnostic, not a discordance: the blocks are the same task, so 1 − r̄ measures sampling noise,
+    not specialisation.
+    """
+    d = discordance(split_scores(correct, splits))
+    r = 1.0 - d["D"]
+    return {"M": splits, "N": d["N"], "r_mean": r, "one_minus_r": d["D"], "reliability": spearman_brown(r, splits),
+            "correlation": d["correlation"]}
 
 
 def vote_curve(keys: Sequence[Sequence[str]], correct: np.ndarray) -> tuple[np.ndarray, list[list[bool]]]:

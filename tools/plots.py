@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")      # files only; never a display, also on login nodes without X
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 SIZE = (6, 4)
 SEL, CTRL, BASE = "tab:blue", "tab:orange", "tab:red"
@@ -78,20 +78,56 @@ def sigma_boxes(d: dict, out_dir: str, dpi: int) -> str:
 
 
 def density(d: dict, out_dir: str, dpi: int) -> str:
-    rows = d["density"]["rows"]
-    m = np.array([r["margin"] for r in rows])
+    dd = d["density"]
     fig, ax = plt.subplots(figsize=SIZE)
-    ax.fill_between(m, [r["low"] for r in rows], [r["high"] for r in rows], step="pre", color=SEL, alpha=0.25,
-                    label="95% Wilson interval")
-    ax.step(m, [r["density"] for r in rows], where="pre", color=SEL, label="δ(m)")
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    for row in dd["rows"]:
+        cells = row["cells"]
+        m = np.array([c["margin"] for c in cells])
+        colour = "black" if row["sigma"] == "all" else next(colours)
+        # "pre": δ(m) counts a candidate up to and including its own margin, then drops.
+        ax.fill_between(m, [c["low"] for c in cells], [c["high"] for c in cells], step="pre", color=colour,
+                        alpha=0.12 if row["sigma"] == "all" else 0.2, lw=0)
+        label = "all σ" if row["sigma"] == "all" else f"σ = {row['sigma']:g}"
+        ax.step(m, [c["density"] for c in cells], where="pre", color=colour, label=f"{label} (n={row['n']})")
     ax.axvline(0, color=BASE, lw=1.5, ls="--", label="m = 0 (as good as the base)")
-    ax.set_xlabel(f"margin m over the base train score ({d['base']:.3f})")
-    ax.set_ylabel("δ(m) = share with score ≥ base + m")
+    ax.set_xlabel(f"margin m over the base {dd['split']} accuracy ({dd['base_accuracy']:.3f})   "
+                  "(bands: 95% Wilson)")
+    ax.set_ylabel("δ(m) = share with accuracy ≥ base + m")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Solution density\n{d['title']}", fontsize=10)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _save(fig, out_dir, "density.png", dpi)
 
 
+def passk(d: dict, out_dir: str, dpi: int) -> str | None:
+    """The limit-of-RLVR figure for RandOpt: does the selected ensemble reach items the base model's own samples
+    do not? Base pass@k (each file's temperature) and TT-MV against each ensemble's coverage and vote, log k."""
+    p = d["passk"]
+    if "samples" not in p:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for other, style in zip([p] + list(d.get("passk_more", [])), ("-", "--", "-.", ":")):
+        if "samples" in other:
+            smp = other["samples"]
+            ax.plot(smp["k"], smp["pass_at_k"], style, color=BASE, label=f"base pass@k, T={smp['temperature']}")
+            ax.plot(smp["tt_mv_k"], smp["tt_mv"], style, color="tab:purple", lw=1,
+                    label=f"base TT-MV@k, T={smp['temperature']}")
+    for g, colour in (("selected", SEL), ("control", CTRL), ("control_sigma", "tab:green")):
+        if g in p:
+            ax.plot(p[g]["k"], p[g]["coverage"], ":", color=colour, label=f"{g}: coverage")
+            ax.plot(p[g]["k"], p[g]["vote"], "-o", ms=2, color=colour, label=f"{g}: vote")
+    ax.axhline(p["base_test_acc"], color="grey", lw=1, ls="--", label=f"base greedy {p['base_test_acc']:.3f}")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set_xlabel("k (samples of the base model; first k members of an ensemble)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.0)
+    ax.set_title(f"pass@k of the base vs coverage and vote of the ensembles\n{d['title']}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    return _save(fig, out_dir, "passk.png", dpi)
+
+
 def write_all(d: dict, out_dir: str, dpi: int = 100) -> list[str]:
-    return [fn(d, out_dir, dpi) for fn in (histogram, kcurve, sigma_boxes, density)]
+    paths = [fn(d, out_dir, dpi) for fn in (histogram, kcurve, sigma_boxes, density, passk)]
+    return [p for p in paths if p is not None]

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from randopt_hpc import stats
+from randopt_hpc.summary import GROUPS
 from tools import metrics, runfile
 from tools.runfile import ResultsError
 
 CONFIG_KEYS = ("model.path", "backend", "task.name", "task.template", "task.seed", "population.size", "population.seed",
                "population.sigmas", "population.sigma_assignment", "selection.top_k", "selection.control",
-               "generation.max_new_tokens", "output.dir")
+               "selection.control_size", "generation.max_new_tokens", "generation.samples", "generation.temperature",
+               "generation.top_p", "output.dir")
 
 
 def sizes(f) -> dict:
@@ -22,43 +25,36 @@ def sizes(f) -> dict:
 
 
 def summary(f, path: str) -> dict:
+    """What the run's log ends with (randopt_hpc.summary, the same code on the file), plus config and timing."""
+    from randopt_hpc.summary import summarize
+
     flat = runfile.flatten(runfile.config(f))
-    scores, base_score = runfile.train_scores(f)
-    core = summary_core(f)
-    best = core["best"]
-    rows = [{"model": "base", "k": None, "train_score": base_score,
-             "train_acc": float(f["base/train_correct"][()].mean()), "test_acc": core["base_test"]},
-            {"model": f"best single (#{best})", "k": 1, "train_score": float(scores[best]),
-             "train_acc": float(f["population/train_accuracy"][best]), "test_acc": core["best_single_test"]}]
-    for which, label in (("selected", "top-{k} vote"), ("control", "control-{k} vote")):
-        g = f"ensemble/{which}"
-        if g in f:
-            for k, tr, te in zip(f[f"{g}/k"][()], f[f"{g}/train_accuracy"][()], f[f"{g}/accuracy"][()]):
-                rows.append({"model": label.format(k=int(k)), "k": int(k), "train_score": None,
-                             "train_acc": float(tr), "test_acc": float(te)})
+    core = summarize(f, dict(f.attrs))
+    rows = [{k: v for k, v in r.items() if k != "values"} for r in core["rows"]]   # per-item values stay out
     timing = []
-    stats = {"imbalance": None}
+    balance = {"imbalance": None}
     if "timing/busy" in f:
         t = {name: f[f"timing/{name}"][()] for name in f["timing"]}
         hosts = runfile.strings(f, "timing/hostname") if "hostname" in t else [""] * len(t["busy"])
         wall = t.get("wall", t["busy"] + t.get("wait", 0))
-        stats = metrics.timing_stats(t["busy"], wall)
+        balance = metrics.timing_stats(t["busy"], wall)
         for r in range(len(t["busy"])):
             timing.append({"rank": int(t["rank"][r]) if "rank" in t else r, "host": str(hosts[r]),
                            "candidates": int(t["candidates"][r]) if "candidates" in t else None,
-                           "wall": float(wall[r]), "busy": float(t["busy"][r]), "idle": float(stats["idle"][r]),
+                           "wall": float(wall[r]), "busy": float(t["busy"][r]), "idle": float(balance["idle"][r]),
                            "wait": float(t["wait"][r]) if "wait" in t else None,
                            "load": float(t["load"][r]) if "load" in t else None})
     return {"path": path, "run": runfile.run_name(f, path), "task": runfile.task(f),
             "created": str(f.attrs.get("created", "")), "git_commit": str(f.attrs.get("git_commit", "")),
             "config": {k: flat[k] for k in CONFIG_KEYS if k in flat}, "sizes": sizes(f), "models": rows,
-            "timing": timing, "imbalance": stats["imbalance"]}
+            "differences": core["differences"], "interval": core["interval"], "tokens": core["tokens"],
+            "timing": timing, "imbalance": balance["imbalance"]}
 
 
 def kcurve(f, path: str) -> dict:
     """Vote accuracy and coverage of the first k members for every k, re-voted from the stored answers."""
     out = {"path": path, "title": runfile.title(f, path), "base_test_acc": float(f["base/test_correct"][()].mean())}
-    for which in ("selected", "control"):
+    for which in GROUPS:
         m = runfile.members(f, which)
         if m is None:
             continue
@@ -78,71 +74,116 @@ def sigma(f, path: str) -> dict:
             "rows": metrics.sigma_table(scores, f["population/sigma"][()], base)}
 
 
-def density(f, path: str, margins: list[float] | None, steps: int = 11) -> dict:
-    scores, base = runfile.train_scores(f)
-    grid = np.asarray(margins, dtype=np.float64) if margins else metrics.auto_margins(scores, base, steps)
-    d = metrics.density(scores, base, grid)
-    return {"path": path, "title": runfile.title(f, path), "base_train_score": base, "N": d["n"],
-            "interval": "Wilson score, 95%",
-            "rows": [{"margin": float(m), "threshold": base + float(m), "count": int(c), "density": float(p),
-                      "low": float(lo), "high": float(hi)}
-                     for m, c, p, lo, hi in zip(d["margin"], d["count"], d["density"], d["low"], d["high"])]}
+def density(f, path: str, margins: list[float] | None, steps: int = 11, on: str = "accuracy", split: str = "train",
+            exact: bool = False) -> dict:
+    """δ(m) per σ on accuracy from stored correctness (the paper's); on="score": the pooled train-score δ of old.
+    exact: every candidate's own margin instead of `margins` (a step plot through them is exact)."""
+    if on == "score":
+        if split != "train":
+            raise ResultsError("--on score has the train split only (no per-candidate test scores are stored)")
+        scores, base = runfile.train_scores(f)
+        grid = np.asarray(margins, dtype=np.float64) if margins else metrics.auto_margins(scores, base, steps)
+        d = metrics.density(scores, base, grid)
+        return {"path": path, "title": runfile.title(f, path), "on": "score", "split": "train",
+                "base_train_score": base, "N": d["n"], "interval": "Wilson score, 95%",
+                "rows": [{"margin": float(m), "threshold": base + float(m), "count": int(c), "density": float(p),
+                          "low": float(lo), "high": float(hi)}
+                         for m, c, p, lo, hi in zip(d["margin"], d["count"], d["density"], d["low"], d["high"])]}
+    sigmas = f["population/sigma"][()]
+    n_pop = len(sigmas)
+    if split == "train":
+        ok, base_ok = f["population/train_correct"][()], f["base/train_correct"][()]
+        source = f"population/train_correct vs base/train_correct: all {n_pop} candidates"
+    else:
+        if "ensemble/control" not in f:
+            raise ResultsError(f"{path}: no ensemble/control (selection.control was off): the test split's δ needs "
+                               "the control members' test answers")
+        idx = f["ensemble/control/members"][()]
+        ok, base_ok, sigmas = f["ensemble/control/test_correct"][()], f["base/test_correct"][()], sigmas[idx]
+        who = ("every candidate (a scan run)" if len(set(idx.tolist())) == n_pop
+               else f"only the {len(idx)} control members of {n_pop} candidates")
+        source = f"ensemble/control/test_correct vs base/test_correct: {who}"
+    d = metrics.accuracy_density(ok, base_ok, sigmas, None if exact else margins or metrics.ACCURACY_MARGINS)
+    return {"path": path, "title": runfile.title(f, path), "on": "accuracy", "split": split, "source": source,
+            "N": len(ok), "examples": d["examples"], "base_accuracy": d["base"], "base_hits": d["base_hits"],
+            "margins": d["margin"], "interval": "Wilson score, 95%",
+            "rows": [{"sigma": r["sigma"], "n": r["n"],
+                      "cells": [{"margin": float(m), "threshold": d["base"] + float(m), "count": int(c), "n": r["n"],
+                                 "density": float(p), "low": float(lo), "high": float(hi)}
+                                for m, c, p, lo, hi in zip(r["margin"], r["count"], r["density"], r["low"], r["high"])]}
+                     for r in d["rows"]]}
 
 
-def passk(f, path: str) -> dict:
-    """pass@k on base samples when the file has them, else on the ensemble members (not i.i.d.; see the CLI help)."""
-    out = {"path": path, "title": runfile.title(f, path)}
+def passk(f, path: str, max_tt_mv: int = 64) -> dict:
+    """The limit-of-RLVR comparison: the base model's pass@k over its samples (unbiased estimator) and TT-MV
+    at k, against each ensemble's coverage and vote of its first k members."""
+    out = {"path": path, "title": runfile.title(f, path), "base_test_acc": float(f["base/test_correct"][()].mean())}
     if "base/test_samples_correct" in f:
         ok = f["base/test_samples_correct"][()].astype(bool)
-        out["source"] = "base/test_samples_correct"
-        out["note"] = "samples of the base model (treated as i.i.d.)"
-        groups = {"samples": ok}
-    else:
-        out["source"] = "ensemble members' test_correct"
-        out["note"] = ("members are distinct models, not i.i.d. samples: selected members are the top of one "
-                       "ranking; control members are i.i.d. draws of perturbations")
-        groups = {w: m[2] for w in ("selected", "control") if (m := runfile.members(f, w)) is not None}
-    for name, ok in groups.items():
-        out[name] = {"n": int(ok.shape[0]), "k": list(range(1, ok.shape[0] + 1)),
-                     "pass_at_k": metrics.pass_at_k_curve(ok), "coverage_in_order": metrics.coverage_curve(ok)}
+        keys = [[k or None for k in row] for row in runfile.strings(f, "base/test_samples_key")]
+        key_ok = f["base/test_samples_key_correct"][()].astype(bool)
+        tt = list(range(1, min(len(ok), max_tt_mv) + 1))
+        cfg = runfile.config(f).get("generation") or {}
+        out["samples"] = {"n": int(ok.shape[0]), "k": list(range(1, ok.shape[0] + 1)),
+                          "temperature": cfg.get("temperature"), "top_p": cfg.get("top_p"),
+                          "pass_at_k": stats.pass_at_k_curve(ok), "tt_mv_k": tt,
+                          "tt_mv": stats.tt_mv_curve(keys, key_ok, tt)}
+    for which in GROUPS:
+        m = runfile.members(f, which)
+        if m is not None:
+            acc, _ = metrics.vote_curve(m[1], runfile.key_verdicts(f, which))
+            out[which] = {"n": int(m[2].shape[0]), "k": list(range(1, m[2].shape[0] + 1)),
+                          "coverage": stats.coverage_curve(m[2]), "vote": acc}
     return out
 
 
 def discordance(files: list[tuple[str, object]], splits: int | None) -> dict:
-    """𝒟 across several files (one task each, the same population) or across `splits` blocks of one file's train set."""
+    """𝒟 on per-task train accuracy (one multi-task file, or several files of one population), over all
+    candidates and per σ, raw and noise-corrected; with `splits`, one task's block reliability instead."""
     if splits is not None:
         if len(files) != 1:
             raise ResultsError("--splits takes exactly one file (several files are the tasks themselves)")
         path, f = files[0]
-        cols = metrics.split_scores(f["population/train_reward"][()], splits)
-        names = [f"train block {j + 1}/{splits}" for j in range(splits)]
-        m = f["population/train_reward"].shape[1]
-        source = f"{path}: {splits} disjoint contiguous blocks of the {m} train examples"
-    elif len(files) == 1 and len(runfile.task_names(files[0][1])) > 1:   # one run scored on several tasks
+        ok = f["population/train_correct"][()]
+        try:
+            r = metrics.block_reliability(ok, splits)
+        except metrics.ConstantColumn as e:
+            which = ", ".join(f"train block {j + 1}/{splits}" for j in e.columns)
+            raise ResultsError(f"every candidate has the same accuracy in {which}: its rank correlation is "
+                               "undefined (use fewer blocks)") from None
+        return {"kind": "reliability",
+                "label": "reliability diagnostic (one task cut into M blocks: not a discordance)", **r,
+                "source": f"{path}: train accuracy on {splits} disjoint contiguous blocks of its {ok.shape[1]} "
+                          "train examples",
+                "columns": [f"train block {j + 1}/{splits}" for j in range(splits)]}
+    if len(files) == 1 and len(runfile.task_names(files[0][1])) > 1:   # one run scored on several tasks
         path, f = files[0]
-        cols = f["population/train_score_by_task"][()]
-        names = [f"{name} (train score)" for name in runfile.task_names(f)]
-        source = f"{path}: the train score on each of its {len(names)} tasks"
+        ok, where = f["population/train_correct"][()], runfile.strings(f, "data/train_task")
+        cols = [ok[:, where == t] for t in runfile.task_names(f)]
+        empty = [t for t, c in zip(runfile.task_names(f), cols) if c.shape[1] == 0]
+        if empty:
+            raise ResultsError(f"{path}: no train examples of task {', '.join(empty)} in data/train_task")
+        names = [f"{t} ({c.shape[1]} ex.)" for t, c in zip(runfile.task_names(f), cols)]
+        source = f"{path}: train accuracy on each of its {len(names)} tasks (data/train_task)"
     else:
         if len(files) < 2:
             raise ResultsError("discordance needs 2 or more results files of the same population, one file of a "
-                               "run on several tasks, or one file with --splits M")
+                               "run on several tasks, or (a reliability diagnostic) one file with --splits M")
         pops = [{"seed": f["population/seed"][()], "sigma": f["population/sigma"][()]} for _, f in files]
         for (path, _), pop in zip(files[1:], pops[1:]):
             why = runfile.same_population(pops[0], pop)
             if why:
                 raise ResultsError(f"{path} is not the same population as {files[0][0]}: {why}")
-        cols = np.column_stack([runfile.train_scores(f)[0] for _, f in files])
+        cols = [f["population/train_correct"][()] for _, f in files]
         names = [f"{p} ({runfile.task(f)})" for p, f in files]
-        source = "train score of each file"
-    try:
-        d = metrics.discordance(cols)
-    except metrics.ConstantColumn as e:
-        which = ", ".join(names[j] for j in e.columns)
-        raise ResultsError(f"every candidate has the same score in {which}: its rank correlation is undefined, "
-                           "so 𝒟 is too (use more candidates, another split, or drop that task)") from None
-    return {"D": d["D"], "M": d["M"], "bound": d["bound"], "N": d["N"], "source": source, "columns": names,
-            "correlation": d["correlation"]}
+        source = "train accuracy of each file (population/train_correct)"
+    f = files[0][1]
+    rows = [{"sigma": s, **metrics.thicket_discordance([c[mask] for c in cols], names)}
+            for s, mask in metrics.sigma_groups(f["population/sigma"][()])]
+    every = rows[-1]
+    m = len(cols)
+    return {"kind": "discordance", "M": m, "bound": m / (m - 1), "N": every["N"], "source": source, "columns": names,
+            "D": every["D"], "D_corrected": every["D_corrected"], "correlation": every["correlation"], "rows": rows}
 
 
 def merge_row(f, path: str) -> dict:

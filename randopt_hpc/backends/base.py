@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from randopt_hpc.sampling import Completion, Sampling
 from randopt_hpc.tasks.base import Example
 
 
@@ -24,7 +25,10 @@ class Backend(Protocol):
         """Become θ0 again, bitwise (invariant 3)."""
 
     def generate(self, examples: Sequence[Example]) -> list[str]:
-        """One completion per example (new text only), in the order of `examples`."""
+        """One greedy completion per example (new text only), in the order of `examples`."""
+
+    def complete(self, examples: Sequence[Example], sampling: Sampling | None = None) -> list[Completion]:
+        """Greedy (sampling None) or sampled completions with their token counts and finish reasons."""
 
     def n_perturbed_elements(self) -> int:
         """How many weight elements a perturbation changes."""
@@ -146,16 +150,26 @@ class BaseBackend:
             ex.response_prefix
 
     def generate(self, examples: Sequence[Example]) -> list[str]:
+        """Greedy answers, in the order of `examples`."""
+        return [c.text for c in self.complete(examples)]
+
+    def complete(self, examples: Sequence[Example], sampling: Sampling | None = None) -> list[Completion]:
+        """One Completion per example: greedy, or sample `sampling.index` of each (randopt_hpc.sampling)."""
         # Only what precedes the stop token is the answer: a stop id need not be a special token
         # (skip_special_tokens would not drop it), and nothing after it may reach a grade.
         stops = self.stop_ids
         if stops is None:   # a subclass that sets none stops where the tokenizer does
             stops = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
-        rows = []
-        for ids in self.generate_ids(examples):
+        rows, finish = [], []
+        for ids in self.generate_ids(examples, sampling):
             row = cut_at_stop(ids, stops)
-            rows.append(row[:-1] if row and row[-1] in stops else row)
-        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+            stopped = bool(row) and row[-1] in stops
+            finish.append(("eos" if row[-1] == self.tokenizer.eos_token_id else "stop") if stopped else "length")
+            rows.append(row)
+        texts = self.tokenizer.batch_decode([r[:-1] if f != "length" else r for r, f in zip(rows, finish)],
+                                            skip_special_tokens=True)
+        return [Completion(text=t, prompt_tokens=p, gen_tokens=len(r), finish=f)
+                for t, p, r, f in zip(texts, self.prompt_lengths(examples), rows, finish)]
 
     # ------------------------------------------------------------------ for subclasses
     def _perturb(self, seed: int, sigma: float) -> None:
@@ -167,5 +181,8 @@ class BaseBackend:
     def _encode(self, examples: Sequence[Example]) -> Any:
         raise NotImplementedError
 
-    def generate_ids(self, examples: Sequence[Example]) -> list[list[int]]:
+    def generate_ids(self, examples: Sequence[Example], sampling: Sampling | None = None) -> list[list[int]]:
+        raise NotImplementedError
+
+    def prompt_lengths(self, examples: Sequence[Example]) -> list[int]:
         raise NotImplementedError

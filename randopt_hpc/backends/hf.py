@@ -1,10 +1,12 @@
-"""Hugging Face backend: a local causal LM, batched greedy generation, in-place perturb and exact restore."""
+"""Hugging Face backend: a local causal LM, batched greedy (or seeded sampled) generation, in-place perturb and
+exact restore."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from randopt_hpc import noise
 from randopt_hpc.backends.base import BaseBackend, cut_at_stop, stop_token_ids
+from randopt_hpc.sampling import Sampling, gumbel
 from randopt_hpc.tasks.base import Example
 
 
@@ -80,13 +82,40 @@ class HFBackend(BaseBackend):
             out.append({k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")})
         return out
 
-    def generate_ids(self, examples: Sequence[Example]) -> list[list[int]]:
-        """Greedy new token ids, up to and including the first stop id, in the order of `examples`."""
+    def prompt_lengths(self, examples: Sequence[Example]) -> list[int]:
+        return [int(n) for enc in self.encoded(examples) for n in enc["attention_mask"].sum(dim=1).tolist()]
+
+    def generate_ids(self, examples: Sequence[Example], sampling: Sampling | None = None) -> list[list[int]]:
+        """New token ids, greedy or sampled, up to and including the first stop id, in the order of `examples`."""
         ids: list[list[int]] = []
         with self.torch.inference_mode():
-            for enc in self.encoded(examples):
-                out = self.model.generate(**enc, generation_config=self.gen)
+            for b, enc in enumerate(self.encoded(examples)):
+                extra = {}
+                if sampling is not None:   # greedy decoding of Gumbel-perturbed logits is sampling
+                    rows = examples[b * self.batch_size:(b + 1) * self.batch_size]
+                    extra["logits_processor"] = [GumbelSampler(self.torch, [sampling.row_seed(ex.id) for ex in rows],
+                                                               enc["input_ids"].shape[1], sampling)]
+                out = self.model.generate(**enc, generation_config=self.gen, **extra)
                 for row in out[:, enc["input_ids"].shape[1]:].tolist():
                     # Finished rows are padded to the batch's length; what follows a stop is not an answer.
                     ids.append(cut_at_stop(row, self.stop_ids))
         return ids
+
+
+class GumbelSampler:
+    """A transformers LogitsProcessor: logits / T, cut to the top-p nucleus, plus this step's Gumbel noise of
+    each row (randopt_hpc.sampling.gumbel), so that the greedy argmax draws each row's own sample."""
+
+    def __init__(self, torch, row_seeds: list[int], prompt_len: int, sampling: Sampling):
+        self.torch, self.row_seeds, self.prompt_len, self.sampling = torch, row_seeds, prompt_len, sampling
+
+    def __call__(self, input_ids, scores):
+        torch = self.torch
+        logits = scores.float() / self.sampling.temperature
+        if self.sampling.top_p < 1.0:
+            probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is short.
+            drop_sorted = (probs.cumsum(dim=-1) - probs) >= self.sampling.top_p
+            logits = logits.masked_fill(torch.empty_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
+        noise = gumbel(self.row_seeds, input_ids.shape[1] - self.prompt_len, logits.shape[-1])
+        return logits + torch.from_numpy(noise).to(device=logits.device, dtype=logits.dtype)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from randopt_hpc.backends.base import BaseBackend, cut_at_stop, stop_token_ids
 from randopt_hpc.config import ConfigError
+from randopt_hpc.sampling import Sampling
 from randopt_hpc.tasks.base import Example
 
 GIB = 1 << 30
@@ -215,10 +216,20 @@ class VLLMBackend(BaseBackend):
         return [self.tokenizer(self.prompt_text(ex), add_special_tokens=not self.chat)["input_ids"]
                 for ex in examples]
 
-    def generate_ids(self, examples: Sequence[Example]) -> list[list[int]]:
-        """Greedy new token ids, up to and including the first stop id, in the order of `examples`."""
+    def prompt_lengths(self, examples: Sequence[Example]) -> list[int]:
+        return [len(ids) for ids in self.encoded(examples)]
+
+    def generate_ids(self, examples: Sequence[Example], sampling: Sampling | None = None) -> list[list[int]]:
+        """New token ids, greedy or sampled, up to and including the first stop id, in the order of `examples`."""
         prompts = [{"prompt_token_ids": ids} for ids in self.encoded(examples)]
-        outs = self.llm.generate(prompts, self.sampling, use_tqdm=False)
+        params = self.sampling
+        if sampling is not None:   # one seeded generator per request: a sample does not depend on its batch
+            from vllm import SamplingParams
+
+            params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                     seed=sampling.row_seed(ex.id), max_tokens=self.sampling.max_tokens,
+                                     detokenize=False, stop_token_ids=self.stop_ids) for ex in examples]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [cut_at_stop(o.outputs[0].token_ids, self.stop_ids) for o in outs]
 
 

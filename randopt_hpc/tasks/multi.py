@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from fractions import Fraction
 
 from randopt_hpc.records import mean
 from randopt_hpc.tasks.base import Example, Scored, score_all
@@ -62,7 +63,22 @@ class Objective:
         return [mean([rewards[i] for i in col]) for col in self.columns]
 
     def __call__(self, rewards: Sequence[float]) -> float:
-        per_task = self.by_task(rewards)
+        return float(self.exact(rewards))
+
+    def exact(self, rewards: Sequence[float]) -> Fraction:
+        """The score as an exact rational: each reward is a decimal with at most REWARD_DIGITS digits (0.1 for
+        a format bonus, 0.12 for a ROCStories position), so it is read back as an integer count of
+        10^-REWARD_DIGITS, and sums of integers do not depend on their order as float sums do."""
+        per_task = [Fraction(sum(units(rewards[i]) for i in col), len(col) * UNIT) for col in self.columns]
         if self.task is not None:
             return per_task[self.names.index(self.task)]
-        return per_task[0] if len(per_task) == 1 else mean(per_task)
+        return per_task[0] if len(per_task) == 1 else sum(per_task) / len(per_task)
+
+
+REWARD_DIGITS = 6
+UNIT = 10 ** REWARD_DIGITS
+
+
+def units(reward: float) -> int:
+    """A reward as an integer count of 10^-6 (rewards are short decimals held as floats)."""
+    return round(reward * UNIT)

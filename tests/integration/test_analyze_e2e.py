@@ -40,9 +40,13 @@ def test_summary(run_file, stored):
     base = s["models"][0]
     assert base["train_acc"] == pytest.approx(stored["base/train_correct"].mean())
     assert base["test_acc"] == pytest.approx(stored["base/test_correct"].mean())
-    top = {r["k"]: r["test_acc"] for r in s["models"] if r["model"].startswith("top-")}
+    top = {r["k"]: r["test_acc"] for r in s["models"] if r["model"].startswith("top-") and r["model"].endswith("vote")}
     assert list(top.values()) == pytest.approx(stored["ensemble/selected/accuracy"].tolist())
-    assert s["models"][1]["test_acc"] == pytest.approx(stored["ensemble/selected/test_correct"][0].mean())
+    best = next(r for r in s["models"] if r["model"].startswith("best single"))
+    assert best["test_acc"] == pytest.approx(stored["ensemble/selected/test_correct"][0].mean())
+    assert any(r["model"] == "TT-MV-3 (base samples voted)" for r in s["models"])
+    assert {d["b"] for d in s["differences"]} >= {"control-3 vote", "σ-matched control-3 vote", "base (greedy)"}
+    assert s["tokens"]["flops"] > 0 and s["tokens"]["groups"]["base samples"]["generations"] == 3 * 6
     assert [t["rank"] for t in s["timing"]] == [0, 1] and sum(t["candidates"] for t in s["timing"]) == 12
     assert all(t["idle"] >= 0 for t in s["timing"]) and s["imbalance"] >= 1.0
     text = analyze("summary", run_file)
@@ -66,28 +70,51 @@ def test_sigma_and_density(run_file, stored):
     rows = {r["sigma"]: r for r in s["rows"]}
     assert set(rows) - {"all"} == set(stored["population/sigma"].tolist())
     assert rows["all"]["count"] == 12 and s["base_train_score"] == pytest.approx(base)
-    [d] = analyze("density", run_file, "--margins", "-10,0,10", "--json")
+    with h5py.File(run_file) as f:
+        ok, base_ok = f["population/train_correct"][()], f["base/train_correct"][()]
+        control = f["ensemble/control/members"][()]
+    acc, base_acc = ok.sum(axis=1) / ok.shape[1], base_ok.sum() / len(base_ok)
+    [d] = analyze("density", run_file, "--margins", "-1,0,1.01", "--json")
+    assert d["on"] == "accuracy" and d["base_accuracy"] == pytest.approx(base_acc) and d["N"] == 12
+    sig = stored["population/sigma"]
+    assert [r["sigma"] for r in d["rows"]] == [*np.unique(sig).tolist(), "all"]
+    for r in d["rows"]:
+        mask = np.ones(len(sig), dtype=bool) if r["sigma"] == "all" else sig == r["sigma"]
+        assert [c["count"] for c in r["cells"]] == [mask.sum(), int(np.sum(acc[mask] >= base_acc)), 0]
+        assert all(c["low"] <= c["density"] <= c["high"] and c["n"] == mask.sum() for c in r["cells"])
+    [t] = analyze("density", run_file, "--split", "test", "--json")
+    assert t["split"] == "test" and t["N"] == len(control) and t["rows"][-1]["n"] == len(control)
+    [old] = analyze("density", run_file, "--on", "score", "--margins", "-10,0,10", "--json")
     scores = stored["population/train_score"]
-    assert [r["count"] for r in d["rows"]] == [12, int(np.sum(scores >= base - 1e-6)), 0]
-    assert all(r["low"] <= r["density"] <= r["high"] for r in d["rows"])
+    assert [r["count"] for r in old["rows"]] == [12, int(np.sum(scores >= base - 1e-6)), 0]
 
 
-def test_discordance(run_file):
+def test_discordance(run_file, stored):
     same = analyze("discordance", run_file, run_file, "--json")
-    assert same["D"] == pytest.approx(0.0) and same["bound"] == 2.0
-    r = CliRunner().invoke(cli, ["discordance", str(run_file), "--splits", "2", "--json"])
-    if r.exit_code == 0:                       # six train examples: a block may score alike for everyone
-        d = json.loads(r.stdout)
-        assert d["M"] == 2 and -1e-12 <= d["D"] <= 2.0 + 1e-12
+    assert same["bound"] == 2.0 and len(same["rows"]) == len(np.unique(stored["population/sigma"])) + 1
+    if same["D"] is None:                      # six train examples: every candidate may score alike
+        assert "same accuracy" in same["rows"][-1]["why"]
     else:
-        assert r.exit_code == 2 and "same score" in r.stderr
+        assert same["D"] == pytest.approx(0.0)
+    r = CliRunner().invoke(cli, ["discordance", str(run_file), "--splits", "2", "--json"])
+    if r.exit_code == 0:
+        d = json.loads(r.stdout)
+        assert d["kind"] == "reliability" and d["M"] == 2 and -1 - 1e-12 <= d["r_mean"] <= 1 + 1e-12
+        assert analyze("discordance", run_file, "--splits", "2").startswith("reliability diagnostic")
+    else:
+        assert r.exit_code == 2 and "same accuracy" in r.stderr
 
 
-def test_passk_at_K_is_the_coverage_of_all_members(run_file):
+def test_passk_has_the_base_samples_and_every_ensemble(run_file):
     [d] = analyze("passk", run_file, "--json")
-    sel = d["selected"]
-    assert sel["n"] == 3 and sel["pass_at_k"][-1] == pytest.approx(sel["coverage_in_order"][-1])
-    assert "not i.i.d." in analyze("passk", run_file)
+    with h5py.File(run_file) as f:
+        ok = f["base/test_samples_correct"][()]
+        sel = f["ensemble/selected/test_correct"][()]
+    assert d["samples"]["n"] == 3 and d["samples"]["pass_at_k"][-1] == pytest.approx(ok.any(axis=0).mean())
+    assert d["samples"]["pass_at_k"][0] == pytest.approx(ok.mean())
+    assert d["selected"]["coverage"][-1] == pytest.approx(sel.any(axis=0).mean())
+    assert set(d) >= {"selected", "control", "control_sigma"}
+    assert "base pass@k (T=1.0)" in analyze("passk", run_file)
 
 
 def test_merge(run_file, stored):
@@ -97,9 +124,10 @@ def test_merge(run_file, stored):
     assert analyze("merge", "--csv", run_file).splitlines()[0].startswith("path,N,base test")
 
 
-def test_plot_writes_four_pngs(run_file, tmp_path):
-    paths = analyze("plot", run_file, "--out", tmp_path / "plots", "--json")
-    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["density.png", "kcurve.png", "sigma.png", "train_scores.png"]
+def test_plot_writes_five_pngs(run_file, tmp_path):
+    paths = analyze("plot", run_file, "--out", tmp_path / "plots", "--samples-from", run_file, "--json")
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["density.png", "kcurve.png", "passk.png", "sigma.png",
+                                                          "train_scores.png"]
     for p in paths:
         data = open(p, "rb").read()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -45,7 +45,7 @@ def test_results_file_contract(runs):
     rank, the summary table. The meaning of every dataset is tested in-process (tests/unit/test_run.py)."""
     path, stderr = runs["np2"]
     with h5py.File(path) as f:
-        assert f.attrs["schema_version"] == 1 and f.attrs["world_size"] == 2
+        assert f.attrs["schema_version"] == 2 and f.attrs["world_size"] == 2
         for key in ("package_version", "git_commit", "created", "config", "config_fingerprint", "versions"):
             assert key in f.attrs
         assert "MPICH" in json.loads(f.attrs["versions"])["mpi"]

@@ -169,3 +169,20 @@ def test_two_rank_vllm_run_equals_hf_run(tmp_path):
                    timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
     assert_same_results(outs["hf"] / "results.h5", outs["vllm"] / "results.h5")
+
+
+def test_samples_are_a_function_of_item_and_sample_in_vllm_too(vb, hb, examples):
+    """Per-request seeds: a sample does not depend on the batch it runs in. vLLM and HF draw from different
+    generators, so their samples differ; each backend's are reproducible, and their token accounting agrees
+    on the prompts."""
+    from randopt_hpc.sampling import Sampling
+
+    hot = Sampling(temperature=1.0, top_p=0.95, seed=3, index=0)
+    first = vb.generate_ids(examples, hot)
+    assert vb.generate_ids(examples[::-1], hot)[::-1] == first
+    assert vb.generate_ids(examples[5:6], hot) == first[5:6]
+    assert vb.generate_ids(examples, Sampling(1.0, 0.95, 3, 1)) != first
+    assert vb.generate_ids(examples, Sampling(1e-4, 1.0, 3, 0)) == vb.generate_ids(examples)   # cold: greedy
+    done = vb.complete(examples, hot)
+    assert [c.prompt_tokens for c in done] == [c.prompt_tokens for c in hb.complete(examples)]
+    assert [c.gen_tokens for c in done] == [len(ids) for ids in first]

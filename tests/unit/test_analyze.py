@@ -126,12 +126,13 @@ def test_density_exact_on_hand_made_scores():
 
 
 def test_density_command_uses_base_from_rewards(demo):
-    [d] = run_json("density", demo, "--margins", "0,0.1,-0.1,0.3")
-    assert d["base_train_score"] == pytest.approx(0.2)
+    # --on score: the pooled δ on the train score, as before the per-σ accuracy δ (tests/unit/test_thicket_stats.py)
+    [d] = run_json("density", demo, "--on", "score", "--margins", "0,0.1,-0.1,0.3")
+    assert d["on"] == "score" and d["base_train_score"] == pytest.approx(0.2)
     # scores 0.1 0.2 0.2 0.3 0.5 0.4, base 0.2
     assert [r["count"] for r in d["rows"]] == [5, 3, 6, 1]
     assert d["N"] == 6
-    [auto] = run_json("density", demo)
+    [auto] = run_json("density", demo, "--on", "score")
     assert 0.0 in [r["margin"] for r in auto["rows"]]
     assert auto["rows"][0]["density"] == 1.0 and auto["rows"][-1]["count"] <= 1
 
@@ -184,14 +185,15 @@ def test_discordance_constant_column_and_ties():
 def test_discordance_command_files_and_splits(tmp_path, demo):
     same = make_results(tmp_path / "other-task", hits=(5, 4, 3, 2, 1, 0))     # same seeds and sigmas, reversed ranking
     d = run_json("discordance", demo, same)
-    assert d["M"] == 2 and d["bound"] == 2.0 and d["D"] > 1.5
+    assert d["M"] == 2 and d["bound"] == 2.0 and d["D"] > 1.5 and [r["sigma"] for r in d["rows"]] == [0.01, 0.02, "all"]
     code, _, err = run("discordance", demo, make_results(tmp_path / "pop1", seed=1))
     assert code == 2 and err.count("\n") == 1 and "not the same population" in err and "population/seed" in err
     split = run_json("discordance", make_results(tmp_path / "wide", hits=(1, 6, 7, 3, 9, 10)), "--splits", "2")
-    assert split["M"] == 2 and split["D"] < 1
+    assert split["kind"] == "reliability" and split["M"] == 2 and 0 < split["r_mean"] <= 1
+    assert "not a discordance" in split["label"]
     # 10 examples in 2 blocks of 5: candidate hits are a prefix, so block 2 is constant (all zero) except for 5+ hits
     code, _, err = run("discordance", make_results(tmp_path / "flat", hits=(1, 2, 3, 4)), "--splits", "2")
-    assert code == 2 and "same score" in err and "train block 2/2" in err
+    assert code == 2 and "same accuracy" in err and "train block 2/2" in err
     code, _, err = run("discordance", demo)
     assert code == 2 and "--splits" in err
 
@@ -257,14 +259,20 @@ def test_pass_at_k_against_enumeration():
 
 def test_passk_command_members_and_base_samples(demo, tmp_path):
     [d] = run_json("passk", demo)
-    assert d["selected"]["n"] == 4 and "not i.i.d." in d["note"]
-    assert d["selected"]["pass_at_k"][0] == pytest.approx(np.mean(CORRECT))
-    assert d["selected"]["coverage_in_order"] == COVERAGE
-    assert d["selected"]["pass_at_k"][-1] == pytest.approx(1.0)
+    assert "samples" not in d and d["selected"]["n"] == 4
+    assert d["selected"]["coverage"] == COVERAGE and d["selected"]["vote"] == VOTE_ACC
     samples = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
-    [s] = run_json("passk", make_results(tmp_path / "samples", extra={"base/test_samples_correct": samples}))
-    assert s["source"] == "base/test_samples_correct" and "selected" not in s
+    keys = np.array([["r", "r", "w", ""], ["r", "r", "", ""], ["w", "w", "", ""]], dtype=object)
+    path = make_results(tmp_path / "samples", extra={"base/test_samples_correct": samples,
+                                                    "base/test_samples_key_correct": keys == "r",
+                                                    "base/test_samples_key": keys})
+    [s] = run_json("passk", path)
     assert s["samples"]["pass_at_k"] == pytest.approx([_pass_by_enumeration(samples, k) for k in (1, 2, 3)])
+    # Key "r" is the right one. TT-MV@1: 4 right keys in 12. TT-MV@2 votes samples 0 and 1 (one block):
+    # r, r, w, abstain -> 2 of 4. TT-MV@3: r|r|w -> r, r|r|w -> r, w, abstain -> 2 of 4.
+    assert s["samples"]["tt_mv"] == pytest.approx([4 / 12, 0.5, 0.5])
+    code, out, _ = run("passk", path)
+    assert code == 0 and "base pass@k" in out and "selected coverage" in out
 
 
 # ----------------------------------------------------------------------------- summary, merge
@@ -273,10 +281,16 @@ def test_summary_numbers(demo):
     [s] = run_json("summary", demo)
     assert s["sizes"] == {"N": 6, "M_train": 10, "T_test": 4, "world_size": 2, "K": [1, 3]}
     base, best = s["models"][0], s["models"][1]
-    assert base["train_score"] == pytest.approx(0.2) and base["test_acc"] == 0.25
-    assert best["model"] == "best single (#4)" and best["train_score"] == pytest.approx(0.5)
+    assert base["train_acc"] == pytest.approx(0.2) and base["test_acc"] == 0.25
+    assert best["model"] == "best single (#4)" and best["train_acc"] == pytest.approx(0.5)
     assert best["test_acc"] == pytest.approx(0.25)          # member 0's row of the hand-made answers
-    assert [r["model"] for r in s["models"][2:]] == ["top-1 vote", "top-3 vote", "control-1 vote", "control-3 vote"]
+    assert [r["model"] for r in s["models"][2:]] == ["top-1 vote", "control-1 vote", "top-3 vote",
+                                                     "top-3 coverage (oracle)", "control-3 vote",
+                                                     "control-3 coverage (oracle)"]
+    assert all(r["low"] <= r["test_acc"] <= r["high"] for r in s["models"])
+    assert s["models"][4]["test_acc"] == VOTE_ACC[2] and s["models"][5]["test_acc"] == COVERAGE[2]
+    diffs = {(d["a"], d["b"]): d["diff"] for d in s["differences"]}
+    assert diffs[("top-3 vote", "base (greedy)")] == pytest.approx(VOTE_ACC[2] - 0.25)
     assert [t["idle"] for t in s["timing"]] == [1.0, 21.0]
     assert s["imbalance"] == pytest.approx(1.5)
     code, out, _ = run("summary", demo)

@@ -36,7 +36,6 @@ def test_ranking_ties_by_index_and_prefixes():
     assert order == [1, 4, 3, 5, 2]
     with pytest.raises(ValueError):
         select.ranking([1, 1], [0.0, 0.0])
-    assert select.control_members(10, 3) == [0, 1, 2]
 
 
 def test_vote_majority_and_first_seen_tie_break():

@@ -4,6 +4,7 @@ work, model folder faults, and status on broken folders. (Under mpiexec: tests/i
 test_run_folder_faults.py.)"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -285,8 +286,9 @@ def test_nul_and_lone_surrogates_in_model_output_reach_results_h5(tmp_path):
     from tests.unit.test_run import start
 
     class Hostile(FakeBackend):
-        def generate(self, examples):
-            return [t.replace("\nQ:", "\x00\ud800\nQ:") for t in super().generate(examples)]
+        def complete(self, examples, sampling=None):
+            return [dataclasses.replace(c, text=c.text.replace("\nQ:", "\x00\ud800\nQ:"))
+                    for c in super().complete(examples, sampling)]
 
     start(fake_config(tmp_path, output={"dir": str(tmp_path / "out"), "save_text": True}), backend=Hostile())
     with h5py.File(tmp_path / "out" / "results.h5") as f:

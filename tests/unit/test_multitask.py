@@ -142,7 +142,8 @@ def test_analyze_discordance_reads_the_tasks_of_one_run(tmp_path):
     r = CliRunner().invoke(cli, ["discordance", path, "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    with h5py.File(path) as f:
-        want = discordance(f["population/train_score_by_task"][()])["D"]
-    assert d["M"] == 2 and d["columns"] == ["countdown_qa (train score)", "countdown (train score)"]
-    assert d["D"] == pytest.approx(want) and 0 < d["D"] <= 2.0
+    with h5py.File(path) as f:     # 𝒟 on each task's train accuracy
+        ok, tasks = f["population/train_correct"][()], f["data/train_task"].asstr()[()]
+        want = discordance(np.column_stack([ok[:, tasks == t].mean(axis=1) for t in ("countdown_qa", "countdown")]))
+    assert d["M"] == 2 and [c.split(" (")[0] for c in d["columns"]] == ["countdown_qa", "countdown"]
+    assert d["D"] == pytest.approx(want["D"]) and 0 < d["D"] <= 2.0

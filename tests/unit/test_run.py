@@ -4,12 +4,14 @@ torn shard line, preemption at a boundary, ties, the control group, save_text, a
 from __future__ import annotations
 
 from collections import Counter
+from fractions import Fraction
 
 import h5py
 import numpy as np
 import pytest
 
 from randopt_hpc import population as pop
+from randopt_hpc import select
 from randopt_hpc.comm import Preempted, SerialComm, StopFlag
 from randopt_hpc.config import load_config
 from randopt_hpc.data import load_examples
@@ -68,9 +70,13 @@ def test_results_hold_what_the_answers_imply(serial):
     cfg, train, test, path = serial
     n = cfg.population.size
     cands = pop.population(cfg.population.seed, n, cfg.population.sigmas, cfg.population.sigma_assignment)
-    scores = [mean(expected_rewards(c.seed, train)) for c in cands]
+    # Scores are exact: the decimal rewards summed as fractions, so float summation order cannot break a tie.
+    exact = [sum(Fraction(repr(r)) for r in expected_rewards(c.seed, train)) / len(train) for c in cands]
+    scores = [float(x) for x in exact]
     accuracy = [mean([kind_of_answer(c.seed, ex.id) == "right" for ex in train]) for c in cands]
-    want_order = sorted(range(n), key=lambda i: (-scores[i], i))
+    want_order = sorted(range(n), key=lambda i: (-exact[i], i))
+    control = select.control_order(n, cfg.population.seed)[:5]
+    assert control != [0, 1, 2, 3, 4]
     # Scores and accuracies rank this population differently: a ranking by accuracy would be caught.
     assert want_order != sorted(range(n), key=lambda i: (-accuracy[i], i))
     with h5py.File(path) as f:
@@ -84,7 +90,11 @@ def test_results_hold_what_the_answers_imply(serial):
         assert f["selection/top_k"][()].tolist() == [1, 3, 5]
         assert f["base/test_reward"][()].tolist() == pytest.approx(expected_rewards(None, test))
         assert f["base/train_correct"][()].tolist() == [kind_of_answer(None, ex.id) == "right" for ex in train]
-        for group, members in (("selected", want_order[:5]), ("control", [0, 1, 2, 3, 4])):
+        matched = []
+        for m in want_order[:5]:   # the next unused candidate of the member's σ, in the control's order
+            matched.append(next(i for i in select.control_order(n, cfg.population.seed)
+                                if cands[i].sigma == cands[m].sigma and i not in matched))
+        for group, members in (("selected", want_order[:5]), ("control", control), ("control_sigma", matched)):
             g = f[f"ensemble/{group}"]
             assert g["members"][()].tolist() == members
             assert g["test_correct"][()].tolist() == [[kind_of_answer(cands[m].seed, ex.id) == "right"
@@ -144,7 +154,7 @@ def test_resume_after_a_torn_shard_line_equals_an_uninterrupted_run(serial, tmp_
     assert_same_results(serial[3], tmp_path / "out" / "results.h5")
     # The rerun evaluated the torn candidate (8) and those after it, then the base and the members; the
     # shard, repaired before the first append, reads whole.
-    members = len({*serial_members(serial), 0, 1, 2, 3, 4})
+    members = len(serial_members(serial))
     assert backend.generated == (16 - 8) * 8 + 8 + 12 + members * 12
     kinds = Counter(r.kind for r in folder.records())
     assert kinds == {"candidate": 16, "base": 2, "member": members}
@@ -153,8 +163,14 @@ def test_resume_after_a_torn_shard_line_equals_an_uninterrupted_run(serial, tmp_
 
 
 def serial_members(serial) -> list[int]:
-    with h5py.File(serial[3]) as f:
-        return f["ensemble/selected/members"][()].tolist()
+    """Every member of every group, each once, in the order they answer (randopt_hpc.run.answer_jobs)."""
+    return all_members(serial[3])
+
+
+def all_members(path) -> list[int]:
+    with h5py.File(path) as f:
+        return list(dict.fromkeys(m for g in ("selected", "control", "control_sigma")
+                                  for m in f[f"ensemble/{g}/members"][()].tolist()))
 
 
 def test_a_stop_request_ends_at_a_candidate_boundary_and_a_rerun_resumes(serial, tmp_path):
@@ -183,8 +199,7 @@ def test_three_thread_ranks_equal_one_and_share_the_answering_round_robin(serial
     with h5py.File(path) as f:
         assert f["population/rank"][()].tolist() == [i % 3 for i in range(16)]
         assert f.attrs["world_size"] == 3 and f["timing/rank"][()].tolist() == [0, 1, 2]
-        members = list(dict.fromkeys(f["ensemble/selected/members"][()].tolist() + [0, 1, 2, 3, 4]))
-    jobs = [("base", "train"), ("base", "test")] + [("member", m) for m in members]
+    jobs = [("base", "train"), ("base", "test")] + [("member", m) for m in all_members(path)]
     folder = RunFolder(str(tmp_path / "out"))
     for rank in range(3):
         held = [(r.kind, r.key) for r in read_shard(folder.shard_path(rank)) if r.kind != "candidate"]

@@ -101,8 +101,11 @@ class _Canned(BaseBackend):
         super().__init__()
         self.tokenizer, self.rows, self.stop_ids = build_tokenizer(), rows, stop_ids
 
-    def generate_ids(self, examples):
+    def generate_ids(self, examples, sampling=None):
         return self.rows
+
+    def prompt_lengths(self, examples):
+        return [len(self.tokenizer(ex.prompt)["input_ids"]) for ex in examples]
 
 
 def test_generate_decodes_only_what_precedes_the_stop():
@@ -112,6 +115,18 @@ def test_generate_decodes_only_what_precedes_the_stop():
     assert _Canned(rows, [2] + x).generate(short_examples(5)) == ["ab", "ab", "ab", "abcd", ""]
     # A backend that sets no stop ids stops where its tokenizer does; "x" is then text like any other.
     assert _Canned(rows, None).generate(short_examples(5)) == ["abxcd", "ab", "ab", "abcd", "xcd"]
+
+
+def test_complete_counts_tokens_and_says_why_each_generation_ended():
+    tok = build_tokenizer()
+    assert tok.eos_token_id == 2
+    ab, cd, x = tok("ab")["input_ids"], tok("cd")["input_ids"], tok("x")["input_ids"]
+    rows = [ab + x + cd, ab + [2], ab + [2, 0, 0], ab + cd, x + cd]
+    done = _Canned(rows, [2] + x).complete(short_examples(5))
+    assert [c.finish for c in done] == ["stop", "eos", "eos", "length", "stop"]
+    # The stop token was generated, so it counts; what follows it was not.
+    assert [c.gen_tokens for c in done] == [len(ab) + 1, len(ab) + 1, len(ab) + 1, len(ab + cd), 1]
+    assert [c.prompt_tokens for c in done] == [len(tok(ex.prompt)["input_ids"]) for ex in short_examples(5)]
 
 
 # ---------------------------------------------------------------------------- the HF backend
