@@ -105,8 +105,14 @@ def launch(cfg: Path, nproc: int | None, *overrides: str, env: dict | None = Non
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def assert_same_results(a, b) -> None:
-    """Two results.h5 files hold the same results (everything but timing and provenance)."""
+# The HF and vLLM backends sample the base model from different generators (randopt_hpc.sampling): across
+# backends the samples have the same shapes, not the same values; everything else is equal.
+SAMPLES = "base/test_samples_"
+
+
+def assert_same_results(a, b, shapes_only: tuple[str, ...] = ()) -> None:
+    """Two results.h5 files hold the same results (everything but timing and provenance); datasets whose
+    names start with one of `shapes_only` need only have the same shape."""
     import numpy as np
 
     from randopt_hpc import results
@@ -114,4 +120,7 @@ def assert_same_results(a, b) -> None:
     ra, rb = results.comparable(str(a)), results.comparable(str(b))
     assert sorted(ra) == sorted(rb)
     for k in ra:
-        assert np.array_equal(ra[k], rb[k]), f"{k} differs between {a} and {b}"
+        if k.startswith(shapes_only):
+            assert np.shape(ra[k]) == np.shape(rb[k]), f"{k} has another shape in {a} than in {b}"
+        else:
+            assert np.array_equal(ra[k], rb[k]), f"{k} differs between {a} and {b}"

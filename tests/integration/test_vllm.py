@@ -11,7 +11,7 @@ import pytest
 
 from randopt_hpc.tasks import countdown_qa
 from randopt_hpc.tasks.base import Example
-from tests.conftest import assert_same_results, launch, write_config
+from tests.conftest import SAMPLES, assert_same_results, launch, write_config
 from tests.integration.conftest import engines_in_this_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -168,7 +168,7 @@ def test_two_rank_vllm_run_equals_hf_run(tmp_path):
         p = launch(cfg, 2, f"backend={backend}", "vllm.gpu_memory_utilization=0.1", "vllm.max_model_len=128",
                    timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
-    assert_same_results(outs["hf"] / "results.h5", outs["vllm"] / "results.h5")
+    assert_same_results(outs["hf"] / "results.h5", outs["vllm"] / "results.h5", (SAMPLES,))
 
 
 def test_samples_are_a_function_of_item_and_sample_in_vllm_too(vb, hb, examples):
