@@ -6,7 +6,6 @@ one line and exits 2, before MPI or any model is touched.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -243,12 +242,6 @@ class Config:
         return max(self.selection.top_k)
 
 
-# Fields that do not change any result: a rerun may change them and still resume.
-# Batch size and thread count stay in: padding and reduction order can flip a greedy argmax.
-NON_RESULT_FIELDS = ("output.dir", "output.overwrite", "runtime.comm", "runtime.progress_every_s",
-                     "runtime.noise_impl", "runtime.stage_dir", "runtime.stop_grace_s")
-
-
 # Bounds checked before any work: a value past them is a typo or an attack, and would otherwise cost hours,
 # gigabytes or a crash before anything else is said (the paper's largest N is 5000, its splits 200/2000).
 MAX_POPULATION = 1_000_000
@@ -390,21 +383,3 @@ def to_dict(cfg: Any) -> dict:
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def result_fingerprint(cfg: Config) -> dict:
-    """The flattened fields that define results: a resumed run must match these exactly."""
-    flat: dict = {}
-
-    def walk(d: dict, prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif f"{prefix}{k}" not in NON_RESULT_FIELDS:
-                flat[f"{prefix}{k}"] = v
-    walk(to_dict(cfg), "")
-    return flat
-
-
-def fingerprint_hash(cfg: Config) -> str:
-    return hashlib.sha256(yaml.safe_dump(result_fingerprint(cfg), sort_keys=True).encode()).hexdigest()[:16]

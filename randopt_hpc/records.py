@@ -147,12 +147,10 @@ class MemberRecord(_Keyed):
 
 
 @dataclass(frozen=True)
-class SampleRecord(_Keyed):
-    """Sample `index` of the base model's answers on the test split (generation.samples)."""
-    index: int
-    answers: Answers
+class SampleRecord(MemberRecord):
+    """Sample `index` of the base model's answers on the test split (generation.samples): a member's layout,
+    its own kind."""
     kind = "sample"
-    key_field = "index"
 
 
 Record = CandidateRecord | BaseRecord | MemberRecord | SampleRecord

@@ -181,7 +181,8 @@ def _versions(comm) -> dict:
 
 
 def provenance(cfg, comm, hostnames: list, parameters: int) -> dict:
-    from randopt_hpc.config import fingerprint_hash, to_yaml
+    from randopt_hpc.config import to_yaml
+    from randopt_hpc.fingerprint import fingerprint_hash
 
     return {"schema_version": SCHEMA_VERSION, "package_version": __version__, "git_commit": _git_commit(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

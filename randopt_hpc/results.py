@@ -113,7 +113,7 @@ def damage(path: str, cfg) -> str | None:
     torn by a crash, emptied by a full disk or written by another config is rebuilt from the shards."""
     import h5py
 
-    from randopt_hpc.config import fingerprint_hash
+    from randopt_hpc.fingerprint import fingerprint_hash
 
     try:
         if not h5py.is_hdf5(path):

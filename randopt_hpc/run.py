@@ -227,9 +227,10 @@ def ensembles(cfg, selected: list[int], cands) -> dict[str, list[int]]:
     K (or selection.control_size) candidates in a seeded random order and K with the selected σ histogram."""
     groups = {"selected": selected}
     if cfg.selection.control:
-        n, seed = cfg.population.size, cfg.population.seed
-        groups["control"] = select.control_members(n, cfg.selection.control_size or len(selected), seed)
-        groups["control_sigma"] = select.sigma_matched(selected, [cands[i].sigma for i in range(n)], n, seed)
+        n = cfg.population.size
+        order = select.control_order(n, cfg.population.seed)
+        groups["control"] = order[:cfg.selection.control_size or len(selected)]
+        groups["control_sigma"] = select.sigma_matched(selected, [cands[i].sigma for i in range(n)], order)
     return groups
 
 

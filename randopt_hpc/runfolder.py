@@ -22,7 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 
 from randopt_hpc import atomic, records
-from randopt_hpc.config import ConfigError, from_dict, result_fingerprint, to_yaml
+from randopt_hpc.config import ConfigError, from_dict, to_yaml
+from randopt_hpc.fingerprint import result_fingerprint
 from randopt_hpc.lock import RunLock
 from randopt_hpc.textio import read_yaml_file
 

@@ -23,20 +23,16 @@ CONTROL_STREAM = 0xC0117201   # the control's permutation: a stream apart from t
 
 def control_order(n: int, seed: int) -> list[int]:
     """All N candidates in a seeded random order, independent of how σ was laid out over the indices (under
-    sigma_assignment=blocked the first indices all share one σ, so 'the first K' would be a one-σ ensemble)."""
+    sigma_assignment=blocked the first indices all share one σ, so 'the first K' would be a one-σ ensemble).
+    The unselected control is a prefix of it."""
     return sorted(range(n), key=lambda i: (splitmix64(splitmix64(seed ^ CONTROL_STREAM) ^ splitmix64(i + 1)), i))
 
 
-def control_members(n: int, k: int, seed: int) -> list[int]:
-    """The unselected control: the first k of control_order (drawn, never chosen)."""
-    return control_order(n, seed)[:min(k, n)]
-
-
-def sigma_matched(selected: Sequence[int], sigma_of: Sequence[float], n: int, seed: int) -> list[int]:
+def sigma_matched(selected: Sequence[int], sigma_of: Sequence[float], order: Sequence[int]) -> list[int]:
     """A control with the σ histogram of the selected members at every prefix: for each selected member in
-    rank order, the next candidate of its σ in control_order. It tells selection from a σ choice."""
+    rank order, the next candidate of its σ in `order` (control_order). It tells selection from a σ choice."""
     queues: dict[float, list[int]] = {}
-    for i in control_order(n, seed):
+    for i in order:
         queues.setdefault(sigma_of[i], []).append(i)
     taken = {s: 0 for s in queues}
     out = []

@@ -7,7 +7,8 @@ import sys
 import pytest
 import yaml
 
-from randopt_hpc.config import ConfigError, load_config, result_fingerprint
+from randopt_hpc.config import ConfigError, load_config
+from randopt_hpc.fingerprint import result_fingerprint
 from randopt_hpc.textio import parse_override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

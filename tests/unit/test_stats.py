@@ -97,16 +97,16 @@ def test_controls_are_spread_over_sigma_and_the_matched_one_copies_the_selected_
     n, k, sigmas = 128, 20, (0.01, 0.02)
     cands = pop.population(7, n, sigmas, assignment)
     sigma_of = [c.sigma for c in cands]
-    control = select.control_members(n, k, 7)
+    control = select.control_order(n, 7)[:k]
     assert len(set(control)) == k and control != list(range(k))
-    assert select.control_members(n, k, 7) == control                     # seeded
+    assert select.control_order(n, 7)[:k] == control                     # seeded
     assert select.control_order(n, 8)[:k] != control                      # another seed, another draw
     hist = Counter(sigma_of[i] for i in control)
     assert set(hist) == set(sigmas) and min(hist.values()) >= 5          # not a one-σ ensemble under blocked
     if assignment == "blocked":                                           # what the first K by index would be
         assert {sigma_of[i] for i in range(k)} == {0.01}
     selected = [i for i in range(n) if sigma_of[i] == 0.02][:15] + [i for i in range(n) if sigma_of[i] == 0.01][:5]
-    matched = select.sigma_matched(selected, sigma_of, n, 7)
+    matched = select.sigma_matched(selected, sigma_of, select.control_order(n, 7))
     assert len(set(matched)) == k
     for j in range(1, k + 1):                                             # the same histogram at every prefix
         assert Counter(sigma_of[i] for i in matched[:j]) == Counter(sigma_of[i] for i in selected[:j])
