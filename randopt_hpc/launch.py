@@ -2,12 +2,14 @@
 
 One run is one Slurm job; a sweep (the product of every --sweep list) is one submitit job array with a
 task per point. Each job is an MPI job: srun starts nodes x tasks_per_node ranks, and every rank runs
-randopt_hpc.run in-process through submitit. The defaults are GH200 nodes: 4 GPUs, 72 Grace cores
-per GPU, one rank per GPU. Site profiles (randopt_hpc/sites/*.env, package data, also sourced by
+randopt_hpc.run in-process through submitit. The request is the config's slurm: section, flags in its place;
+its defaults are GH200 nodes: 4 GPUs, 72 Grace cores per GPU, one rank per GPU. Every job's config is checked
+first (randopt_hpc.check). Site profiles (randopt_hpc/sites/*.env, package data, also sourced by
 jobs/gh200.sbatch) say how srun wires MPI, which modules to load and where to stage the model.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -21,10 +23,10 @@ from importlib import resources
 import click
 import yaml
 
+from randopt_hpc import check, dryrun
 from randopt_hpc import cli as cli_errors
-from randopt_hpc import dryrun
 from randopt_hpc.comm import EXIT_PREEMPTED
-from randopt_hpc.config import ConfigError, load_config, to_yaml
+from randopt_hpc.config import ConfigError, SlurmConfig, load_config, to_yaml
 from randopt_hpc.runfolder import FINISHED, LAUNCH_YAML, RunFolder
 
 SITE_KEYS = ("SRUN_MPI", "MODULES", "SETUP", "STAGE_DIR", "PARTITION", "OVERCOMMIT")
@@ -99,8 +101,8 @@ def _site_option(ctx, param, name: str) -> Site:
 
 
 def _sbatch_option(ctx, param, value: str) -> str:
-    """--job-name, --account, --partition, --qos: written into #SBATCH lines (see _SBATCH_SAFE)."""
-    if (value or param.name == "job_name") and not _SBATCH_SAFE.fullmatch(value):
+    """--job-name, --account, --partition, --qos: written into #SBATCH lines (see _SBATCH_SAFE); None: not given."""
+    if value is not None and (value or param.name == "job_name") and not _SBATCH_SAFE.fullmatch(value):
         raise click.BadParameter(f"{value!r} would be written into an #SBATCH line, which takes no shell quoting: "
                                  f"use {_SBATCH_CHARS} only")
     return value
@@ -137,6 +139,9 @@ def parse_sweep(items: tuple[str, ...]) -> list[list[str]]:
             raise ConfigError(f"--sweep {item!r}: expected KEY=[v1,v2,...] (a non-empty YAML list)")
         if key in (k for k, _ in axes):
             raise ConfigError(f"--sweep {key}: given twice; put every value in one list")
+        if key.split(".")[0] == "slurm":
+            raise ConfigError(f"--sweep {key}: a job array has one Slurm request; set {key} in the config, as an "
+                              "override or with its flag, and submit each value on its own")
         axes.append((key, values))
     return [[f"{k}={json.dumps(v)}" for (k, _), v in zip(axes, combo)]
             for combo in itertools.product(*(vals for _, vals in axes))]
@@ -150,6 +155,40 @@ def point_dir(root: str, i: int, overrides: list[str]) -> str:
         parts.append(f"{key.split('.')[-1]}-{re.sub(r'[^A-Za-z0-9.+-]+', '_', value).strip('_')}")
     slug = "_".join(parts)[:80]
     return os.path.join(root, f"{i:03d}-{slug}" if slug else f"{i:03d}")
+
+
+def shown(override: str) -> str:
+    """An override as the config reads it, for listings: parse_sweep writes YAML 1.1's strings (`1e-3` is one)
+    as JSON strings, which the config turns into numbers (textio.floats_in): show the numbers."""
+    from randopt_hpc.textio import parse_override
+
+    key, value = override.split("=", 1)[0], parse_override(override)[1]
+    return f"{key}={json.dumps(value, ensure_ascii=False)}"
+
+
+SLURM_FLAGS = ("nodes", "tasks_per_node", "gpus_per_task", "cpus_per_task", "time", "partition", "account", "qos")
+
+
+def slurm_request(cfg, opts: dict) -> SlurmConfig:
+    """The config's slurm: section with the flags given on the command line (not None) in its place."""
+    request = dataclasses.replace(cfg.slurm, **{k: opts[k] for k in SLURM_FLAGS if opts.get(k) is not None})
+    request.validate()
+    for key in ("partition", "account", "qos"):
+        value = getattr(request, key)
+        if value and not _SBATCH_SAFE.fullmatch(value):
+            raise ConfigError(f"slurm.{key}: {value!r} would be written into an #SBATCH line, which takes no shell "
+                              f"quoting: use {_SBATCH_CHARS} only")
+    return request
+
+
+def refusals(points, check_paths: bool, gpu_gib: float) -> list[str]:
+    """randopt_hpc.check's problems of every point, each once; one that only some points have names them."""
+    found: dict[str, list[int]] = {}
+    for i, (_, cfg) in enumerate(points):
+        for problem in check.problems(cfg, check_paths=check_paths, gpu_gib=gpu_gib):
+            found.setdefault(problem, []).append(i)
+    return [p if len(tasks) == len(points) else f"{p} (task {', '.join(map(str, tasks))})"
+            for p, tasks in found.items()]
 
 
 def _site_overrides(site: Site) -> tuple[str, ...]:
@@ -232,15 +271,18 @@ def executor_parameters(site: Site, opts: dict, python: str) -> dict:
 @click.option("--sweep", multiple=True, metavar="KEY=[v1,v2]", help="Sweep KEY over a YAML list (repeat: product).")
 @click.option("--site", default="cray-mpich", show_default=True, callback=_site_option,
               help="MPI wiring and staging profile (randopt_hpc/sites/NAME.env).")
-@click.option("--nodes", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--tasks-per-node", default=4, show_default=True, type=click.IntRange(1), help="MPI ranks per node.")
-@click.option("--gpus-per-task", default=1, show_default=True, type=click.IntRange(0))
-@click.option("--cpus-per-task", default=72, show_default=True, type=click.IntRange(1))
-@click.option("--time", default=240, show_default=True, type=click.IntRange(1), help="Time limit, minutes.")
-@click.option("--partition", default="", callback=_sbatch_option,
-              help="Slurm partition (default: the site's, else Slurm's).")
-@click.option("--account", default="", callback=_sbatch_option)
-@click.option("--qos", default="", callback=_sbatch_option)
+# The Slurm request: the config's slurm: section, each flag given here in its place ([default] when neither says).
+@click.option("--nodes", type=click.IntRange(1), help="[slurm.nodes, 1]")
+@click.option("--tasks-per-node", type=click.IntRange(1), help="MPI ranks per node [slurm.tasks_per_node, 4].")
+@click.option("--gpus-per-task", type=click.IntRange(0), help="[slurm.gpus_per_task, 1]")
+@click.option("--cpus-per-task", type=click.IntRange(1), help="[slurm.cpus_per_task, 72]")
+@click.option("--time", type=click.IntRange(1), help="Time limit, minutes [slurm.time, 240].")
+@click.option("--partition", callback=_sbatch_option,
+              help="Slurm partition [slurm.partition, else the site's, else Slurm's].")
+@click.option("--account", callback=_sbatch_option, help="[slurm.account]")
+@click.option("--qos", callback=_sbatch_option, help="[slurm.qos]")
+@click.option("--gpu-gib", default=check.GH200_GIB, show_default=True, type=click.FloatRange(0, 1e6, min_open=True),
+              help="Memory of one GPU in GiB, for the memory check (randopt_hpc.check).")
 @click.option("--job-name", default="randopt", show_default=True, callback=_sbatch_option)
 @click.option("--signal-delay", default=180, show_default=True, type=click.IntRange(1),
               help="Seconds before the time limit when ranks are told to stop at a candidate boundary.")
@@ -257,23 +299,37 @@ def executor_parameters(site: Site, opts: dict, python: str) -> dict:
 @click.option("--wait", is_flag=True, help="Wait for every job and exit non-zero if any failed.")
 def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
     """Submit CONFIG (with key=value OVERRIDES) as one Slurm job, or a sweep as a job array."""
+    gpu_gib = opts.pop("gpu_gib")
     try:
         base, root, points = resolve_points(config, overrides, sweep, site, check_paths=not dry_run)
         given, folder = bool(folder), os.path.abspath(folder or os.path.join(root, "slurm"))
         check_folder(folder, given)
+        request = slurm_request(base, opts)   # a sweep never changes it (parse_sweep)
     except ConfigError as e:
         raise SystemExit(_fail(str(e))) from None
+    # Each job's config records the request it runs under (the slurm: section is no part of its results).
+    points = [(extra, dataclasses.replace(cfg, slurm=request)) for extra, cfg in points]
+    missing = check.missing_paths(base)   # a dry run's files may be on the cluster only; a submission's are here
+    if missing:
+        click.echo(f"randopt_hpc.launch: note: not on this machine: {', '.join(missing)}; {check.SKIPPED}", err=True)
+    found = refusals(points, not missing, gpu_gib)
+    if found:   # before anything is cleared, written or submitted, and before Slurm is looked for
+        for problem in found:
+            _fail(problem)
+        raise SystemExit(2)
+    opts.update(dataclasses.asdict(request))
     params = executor_parameters(site, opts, python)
-    ranks = opts["nodes"] * opts["tasks_per_node"]
+    ranks = request.nodes * request.tasks_per_node
     where = [os.path.join(cfg.output.dir, "results.h5") for _, cfg in points]
     if dry_run:
         kind = f"a job array of {len(points)} tasks" if len(points) > 1 else "one job"
         click.echo(f"# randopt_hpc.launch --dry-run: {kind}, {ranks} MPI ranks each, site {site.name}")
         click.echo(f"# config: {config} {' '.join(_site_overrides(site) + overrides)}".rstrip())
         for i, ((extra, _), path) in enumerate(zip(points, where)):
-            click.echo(f"# task {i}: {' '.join(extra) or '(the config as given)'} -> {path}")
-        if not os.path.isdir(base.model.path):
-            click.echo(f"randopt_hpc.launch: note: model.path {base.model.path} is not on this machine", err=True)
+            click.echo(f"# task {i}: {' '.join(map(shown, extra)) or '(the config as given)'} -> {path}")
+        estimates = [] if missing else [x for _, cfg in points for x in check.estimate(cfg, gpu_gib=gpu_gib)]
+        for line in dict.fromkeys(estimates):
+            click.echo(f"# {line}")
         try:
             click.echo(dryrun.script(folder, params, python, len(points)), nl=False)
         except RuntimeError as e:
@@ -298,9 +354,11 @@ def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
         return
     jobs = submit(make_executor(os.path.join(folder, "%j"), params, python), folder, root, points, todo)
     for i, job in zip(todo, jobs):
-        click.echo(f"submitted job {job.job_id}: {' '.join(points[i][0]) or config} -> {where[i]}")
+        click.echo(f"submitted job {job.job_id}: {' '.join(map(shown, points[i][0])) or config} -> {where[i]}")
+        # Rank 0's logs; rank r writes _r_log.out and _r_log.err beside them.
+        click.echo(f"  logs: {job.paths.stdout}  {job.paths.stderr}")
     where = [where[i] for i in todo]
-    click.echo(f"logs: {folder}/<job id>/   progress: python -m randopt_hpc.status <output folder>")
+    click.echo(f"progress: python -m randopt_hpc.status {root}")
     if wait:
         raise SystemExit(wait_all(jobs, where))
 

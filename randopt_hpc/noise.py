@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import math
 import operator
-import re
 
 import numpy as np
 import torch
@@ -253,11 +252,3 @@ def perturb_(param: torch.Tensor, base: torch.Tensor, seed: int, name: str, sigm
         out[s:s + n].copy_(eps)
     if not param.is_contiguous():
         param.copy_(out.view(param.shape))
-
-
-def select_names(names: list[str], include: list[str], exclude: list[str]) -> list[str]:
-    """Names matching any include regex (re.search; none given = all) and no exclude regex, in order."""
-    inc = [re.compile(p) for p in include]
-    exc = [re.compile(p) for p in exclude]
-    return [n for n in names
-            if (not inc or any(p.search(n) for p in inc)) and not any(p.search(n) for p in exc)]

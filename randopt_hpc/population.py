@@ -5,6 +5,7 @@ A candidate is its index (docs/design.md, invariant 1): nothing here depends on 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _MASK64 = (1 << 64) - 1
@@ -66,3 +67,12 @@ class Population:
 def owned(indices, rank: int = 0, size: int = 1) -> list[int]:
     """The strided slice rank `rank` of `size` evaluates: every i with i mod size == rank."""
     return [i for i in indices if i % size == rank]
+
+
+def select_names(names: list[str], include: list[str], exclude: list[str]) -> list[str]:
+    """The checkpoint tensors a perturbation touches (population.include / exclude): names matching any include
+    regex (re.search; none given = all) and no exclude regex, in order."""
+    inc = [re.compile(p) for p in include]
+    exc = [re.compile(p) for p in exclude]
+    return [n for n in names
+            if (not inc or any(p.search(n) for p in inc)) and not any(p.search(n) for p in exc)]

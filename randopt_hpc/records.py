@@ -11,6 +11,7 @@ it existed). `from_json` refuses anything else, so a hand-edited or foreign line
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -36,15 +37,20 @@ class Answers:
     prompt_tokens: tuple[int, ...] | None = None   # token accounting (None: a shard line from before it)
     gen_tokens: tuple[int, ...] | None = None
     finish: tuple[str, ...] | None = None         # randopt_hpc.sampling.FINISH
+    settings: tuple[tuple[str, int], ...] | None = None   # the fingerprint.SETTINGS they were produced under
+    ids: tuple[str, ...] | None = None    # the examples' ids (None in both: a line from before they were recorded)
 
     @staticmethod
-    def from_scored(completions: Sequence, scored: Sequence, keep_text: bool) -> Answers:
+    def from_scored(completions: Sequence, scored: Sequence, keep_text: bool, settings: dict | None = None,
+                    ids: Sequence[str] | None = None) -> Answers:
         """`completions`: randopt_hpc.sampling.Completion per example."""
         return Answers(rewards=tuple(s.reward for s in scored), correct=tuple(bool(s.correct) for s in scored),
                        keys=tuple(s.key for s in scored), answers=tuple(s.answer for s in scored),
                        texts=tuple(c.text for c in completions) if keep_text else None,
                        prompt_tokens=tuple(c.prompt_tokens for c in completions),
-                       gen_tokens=tuple(c.gen_tokens for c in completions), finish=tuple(c.finish for c in completions))
+                       gen_tokens=tuple(c.gen_tokens for c in completions), finish=tuple(c.finish for c in completions),
+                       settings=None if settings is None else tuple(sorted(settings.items())),
+                       ids=None if ids is None else tuple(ids))
 
     @property
     def score(self) -> float:
@@ -61,6 +67,10 @@ class Answers:
         if self.gen_tokens is not None:
             out.update(prompt_tokens=list(self.prompt_tokens), gen_tokens=list(self.gen_tokens),
                        finish=list(self.finish))
+        if self.settings is not None:
+            out["settings"] = [list(p) for p in self.settings]
+        if self.ids is not None:
+            out["ids"] = list(self.ids)
         return out
 
     @staticmethod
@@ -88,6 +98,17 @@ class Answers:
                     not all(f in FINISH for f in d["finish"]):
                 raise ValueError(f"finish must be one of {', '.join(FINISH)} per example")
             tokens["finish"] = tuple(d["finish"])
+        if "settings" in d:
+            st = d["settings"]
+            if not isinstance(st, list) or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and
+                                                   isinstance(p[1], int) and not isinstance(p[1], bool) for p in st):
+                raise ValueError("settings must be [name, integer] pairs")
+            tokens["settings"] = tuple(tuple(p) for p in st)
+        if "ids" in d:
+            if not isinstance(d["ids"], list) or len(d["ids"]) != len(rewards) or \
+                    not all(isinstance(x, str) for x in d["ids"]):
+                raise ValueError("ids must be one string per example")
+            tokens["ids"] = tuple(d["ids"])
         return Answers(rewards=rewards, correct=tuple(d["correct"]), keys=tuple(d["keys"]),
                        answers=tuple(d["answers"]), texts=None if texts is None else tuple(texts), **tokens)
 
@@ -196,10 +217,44 @@ def from_json(line: str) -> Record:
         raise ValueError(f"{d['type']} record lacks or mistypes {e}") from None
 
 
+def _positions(a: Answers, ids: Sequence[str]) -> Sequence[str]:
+    """The ids a's entries answer: its own, or for a line from before ids were recorded, `ids` when the
+    lengths agree (such a line was written for its run's one test split) and none otherwise."""
+    return a.ids if a.ids is not None else (ids if len(a.rewards) == len(ids) else ())
+
+
+def assemble(parts: Sequence[Answers], ids: Sequence[str]) -> Answers | None:
+    """The answers to the examples `ids`, in that order, from answer sets each covering some of them (a run
+    whose test split grew answered only its new examples); None while one is not covered. The first answer
+    to an id wins. A column (texts, token accounting) is kept only if every part used has it; the settings
+    are those of every part used."""
+    ids = tuple(ids)
+    whole = next((a for a in parts if tuple(_positions(a, ids)) == ids), None)
+    if whole is not None:
+        return whole if whole.ids is not None else dataclasses.replace(whole, ids=ids)
+    at: dict = {}
+    for a in parts:
+        for j, x in enumerate(_positions(a, ids)):
+            at.setdefault(x, (a, j))
+    if any(x not in at for x in ids):
+        return None
+    rows = [at[x] for x in ids]
+    used = list({id(a): a for a, _ in rows}.values())
+
+    def column(name: str):
+        if any(getattr(a, name) is None for a in used):
+            return None
+        return tuple(getattr(a, name)[j] for a, j in rows)
+    settings = sorted({p for a in used for p in a.settings or ()})
+    return Answers(**{f: column(f) for f in ("rewards", "correct", "keys", "answers", "texts", "prompt_tokens",
+                                             "gen_tokens", "finish")}, settings=tuple(settings) or None, ids=ids)
+
+
 @dataclass
 class Done:
-    """What a run folder's shards hold, by kind and key; the first record of a key wins (a duplicate cannot
-    differ: same index, same model)."""
+    """What a run folder's shards hold, by kind and key. A candidate: its first record (a duplicate cannot
+    differ: same index, same model). The other kinds: every record of the key, whose answers `answers()`
+    puts together for a list of examples (a grown test split is answered in parts)."""
     candidates: dict
     base: dict
     members: dict
@@ -216,4 +271,15 @@ class Done:
         return {"candidate": self.candidates, "base": self.base, "member": self.members, "sample": self.samples}[kind]
 
     def add(self, r: Record) -> None:
-        self.table(r.kind).setdefault(r.key, r)
+        if r.kind == "candidate":
+            self.candidates.setdefault(r.key, r)
+        else:
+            self.table(r.kind).setdefault(r.key, []).append(r.answers)
+
+    def answers(self, kind: str, key, examples) -> Answers | None:
+        return assemble(self.table(kind).get(key, ()), [ex.id for ex in examples])
+
+    def missing(self, kind: str, key, examples) -> list:
+        """The examples no record of (kind, key) answers yet."""
+        have = {x for a in self.table(kind).get(key, ()) for x in _positions(a, [ex.id for ex in examples])}
+        return [ex for ex in examples if ex.id not in have]

@@ -40,6 +40,16 @@ def _finish(rows) -> np.ndarray:
                     dtype=np.int8)
 
 
+def settings_of(a) -> str:
+    """The settings an answer set was produced under, as one string ('' for a record from before they were
+    recorded); data/settings lists the distinct ones and each `settings` dataset points into it."""
+    return "" if a.settings is None else " ".join(f"{k}={v}" for k, v in a.settings)
+
+
+def _settings(rows, table: dict) -> np.ndarray:
+    return np.array([table.setdefault(settings_of(a), len(table)) for a in rows], dtype=np.int16)
+
+
 def _ensemble(v: vote.EnsembleVote, answers: dict) -> dict:
     """One ensemble group: its members' test answers and its vote for every K."""
     rows = [answers[m] for m in v.members]
@@ -95,7 +105,9 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
     }
     if all(a.texts is not None for a in answers):
         pop["train_text"] = _texts([a.texts for a in answers])
-    base_group = {}
+    table: dict = {}   # settings string -> code, in first-seen order
+    pop["settings"] = _settings(answers, table)
+    base_group = {"settings": _settings([base["train"], base["test"]], table)}
     for split in ("train", "test"):
         b = base[split]
         base_group[f"{split}_accuracy_by_task"] = np.array(_by_task(b.correct, train if split == "train" else test,
@@ -112,15 +124,18 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
                            "test_samples_key_correct": np.array(vote.key_verdicts(keys, [a.correct for a in samples],
                                                                                   judge), dtype=bool),
                            "test_samples_reward": np.array([a.rewards for a in samples], dtype=np.float32),
-                           "test_samples_gen_tokens": _gen_tokens(samples), "test_samples_finish": _finish(samples)})
+                           "test_samples_gen_tokens": _gen_tokens(samples), "test_samples_finish": _finish(samples),
+                           "test_samples_settings": _settings(samples, table)})
+    ensemble = {name: {**_ensemble(v, member_answers), "settings": _settings([member_answers[m] for m in v.members],
+                                                                             table),
+                       "accuracy_by_task": np.array([_by_task(c, test, names) for c in v.voted_correct])}
+                for name, v in votes.items()}
     return {
         "population": pop,
         "base": base_group,
         "selection": {"ranking": np.array(order, dtype=np.int64),
                       "top_k": np.array(sorted(cfg.selection.top_k), dtype=np.int64)},
-        "ensemble": {name: {**_ensemble(v, member_answers),
-                            "accuracy_by_task": np.array([_by_task(c, test, names) for c in v.voted_correct])}
-                     for name, v in votes.items()},
+        "ensemble": ensemble,
         "data": {"task": np.array(cfg.task.name if len(names) == 1 else "+".join(names), dtype=object),
                  "task_names": np.array(names, dtype=object),
                  "train_task": np.array([ex.task or names[0] for ex in train], dtype=object),
@@ -134,6 +149,7 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
                  "train_prompt_tokens": _prompt_tokens(base["train"]),
                  "test_prompt_tokens": _prompt_tokens(base["test"]),
                  "finish_reasons": np.array(FINISH, dtype=object),
+                 "settings": np.array(list(table), dtype=object),
                  "train_target": np.array([ex.target for ex in train], dtype=np.float64),
                  "test_target": np.array([ex.target for ex in test], dtype=np.float64)},
         "timing": {name: np.array([t[name] for t in timings], dtype=object if name == "hostname" else None)

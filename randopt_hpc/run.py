@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from randopt_hpc import population as pop
 from randopt_hpc import select, vote
@@ -15,9 +16,10 @@ from randopt_hpc.config import ConfigError, load_config
 from randopt_hpc.data import make_task
 from randopt_hpc.environment import Environment, setup_process
 from randopt_hpc.evaluate import Evaluator
+from randopt_hpc.fingerprint import settings
 from randopt_hpc.lock import LockError
 from randopt_hpc.progress import Progress, Timer
-from randopt_hpc.runfolder import FINISHED, RunFolder
+from randopt_hpc.runfolder import FINISHED, FRESH, RunFolder
 from randopt_hpc.sampling import Sampling
 from randopt_hpc.tasks.multi import Objective
 
@@ -41,12 +43,35 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     timer = Timer()
     task = make_task(cfg)
     objective = Objective.of(train, [t.name for t in cfg.all_tasks], cfg.selection.task)
-    with timer("load"):
-        ev = Evaluator(backend or load_backend(cfg, comm, env, log), task, timer, cfg.output.save_text)
+    ev = Evaluator(backend or lazy_backend(cfg, comm, env, log, timer), task, timer, cfg.output.save_text,
+                   settings(cfg))
     shard = folder.writer(rank)
-    progress = Progress(folder, n, len(done.candidates), cfg.runtime.progress_every_s, log) if rank == 0 else None
+    progress = Progress(folder, cfg.runtime.progress_every_s, log) if rank == 0 else None
+
+    def examples(kind, key):
+        return train if (kind, key) == ("base", "train") else test
+
+    def answer(jobs) -> None:   # what the shards lack (a grown test split: its new examples), appended at once
+        for kind, key in jobs:
+            todo = done.missing(kind, key, examples(kind, key))
+            if todo:
+                stop.check(f"{kind} {key} on the test set" if kind != "base" else f"the base model on {key}")
+                record = (ev.member(cands[key], todo) if kind == "member" else
+                          ev.sample(sampling(cfg, key), todo) if kind == "sample" else ev.base(key, todo))
+                done.add(record)
+                shard.append(record)
+
+    # The base model first (its two splits on the first two ranks): a broken prompt shows now, not at the end.
+    my_base = BASE_JOBS[rank::size]
+    answer(my_base)
+    for _, split in my_base:
+        a = done.answers("base", split, examples("base", split))
+        log.info("base model on %s: accuracy %.3f, mean reward %.4f (%d examples)", split, a.accuracy, a.score,
+                 len(a.rewards))
 
     # Population: perturb -> answer the train set -> score -> restore, one candidate at a time, each appended.
+    if progress:
+        progress.phase("population", "candidates", {"candidate": range(n)})
     for i in todo:
         stop.check(f"candidate {i}")
         if on_candidate:
@@ -59,35 +84,38 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
         scores = dict(p for part in comm.allgather([(i, objective.exact(done.candidates[i].answers.rewards))
                                                     for i in mine]) for p in part)
     if progress:
-        progress.stop()
+        progress.end_phase()
     order, k = select.ranking(list(scores), list(scores.values())), cfg.k_max
     groups = ensembles(cfg, order[:k], cands)
     every_member = [m for g in groups.values() for m in g]
     log.info("ranking done: best candidate %d (score %.4f); %d members answer the test set",
              order[0], scores[order[0]], len(set(every_member)))
 
-    # The base model (both splits, and its test samples) and the members (test split) answer, spread
-    # over the ranks.
-    my_jobs = answer_jobs(every_member, cfg.generation.samples)[rank::size]
-    for kind, key in my_jobs:
-        if key not in done.table(kind):
-            stop.check(f"{kind} {key} on the test set" if kind != "base" else f"the base model on {key}")
-            done.add(ev.member(cands[key], test) if kind == "member" else
-                     ev.sample(sampling(cfg, key), test) if kind == "sample" else
-                     ev.base(key, train if key == "train" else test))
-            shard.append(done.table(kind)[key])
+    # The base model's test samples and the members (test split), spread over the ranks.
+    jobs = answer_jobs(every_member, cfg.generation.samples)
+    if progress:
+        folder.write_test_jobs(n, jobs, [ex.id for ex in test])
+        progress.phase("test answers", "jobs", {"sample": range(cfg.generation.samples), "member": set(every_member)},
+                       [ex.id for ex in test])
+    my_jobs = jobs[rank::size]
+    answer(my_jobs)
     shard.close()
 
     # One gather: rank 0 gets every candidate, every answer set and every rank's timing.
     with timer("wait"):
         parts = comm.gather({"candidates": [done.candidates[i] for i in mine],
-                             "answered": [done.table(kind)[key] for kind, key in my_jobs],
+                             "answered": [(kind, key, done.answers(kind, key, examples(kind, key)))
+                                          for kind, key in my_base + my_jobs],
                              "timing": {"rank": rank, "hostname": env.hostname, **timer.totals()}})
     if rank == 0:
+        progress.stop()
         population, base, members, samples = collect(parts, every_member, cfg.generation.samples)
         ks, on_train = sorted(cfg.selection.top_k), {r.index: r.answers for r in population}
         judges = (vote.judge_with(task, test), vote.judge_with(task, train))
+        t0 = time.perf_counter()
         votes = {name: vote.vote_ensemble(group, ks, members, on_train, judges) for name, group in groups.items()}
+        log.info("vote: %d groups x %d K on %d test examples in %.2f s", len(votes), len(ks), len(test),
+                 time.perf_counter() - t0)
         write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, samples,
                       [p["timing"] for p in parts], objective, judges[0])
     comm.barrier()
@@ -95,6 +123,11 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        from randopt_hpc.confighelp import run_help
+
+        print(run_help())
+        return 0
     env = None
     try:
         env = Environment.from_os()
@@ -174,14 +207,21 @@ def load(argv: list[str], env) -> tuple | None:
     judge alone (its node's CPUs, disks and staging folder; a lock taken meanwhile): under an MPI launcher
     the ranks agree on those after MPI starts, since a rank leaving alone would leave the others waiting
     in MPI_Init for good."""
-    if not argv or argv[0] in ("-h", "--help") or "=" in argv[0]:
+    if not argv or "=" in argv[0]:
         raise ConfigError(f"config: a config file comes first; {USAGE}")
     cfg = load_config(argv[0], argv[1:])
     from randopt_hpc.data import load_examples
 
     train, test = load_examples(cfg)
     folder = RunFolder(cfg.output.dir)
-    if folder.state(cfg) == FINISHED:
+    state = folder.state(cfg)
+    answered = folder.first_candidate() if state != FRESH else None
+    if answered is not None and answered.answers.ids not in (None, tuple(ex.id for ex in train)):
+        # Every candidate record answered the train split as it was: it must not have moved (a data file
+        # edited under the run, or a task.test_size whose task draws its problems for both splits at once).
+        raise ConfigError("task.data: the train split is not the one this run's candidates answered (its data "
+                          "changed, or task.test_size moved it); start a new output.dir")
+    if state == FINISHED:
         if env.is_first:
             print(f"randopt_hpc: {folder.results} is already finished for this config; nothing to do "
                   "(output.overwrite=true starts afresh)", file=sys.stderr)
@@ -191,13 +231,16 @@ def load(argv: list[str], env) -> tuple | None:
 
 def preflight(cfg, folder: RunFolder, env) -> str | None:
     """What would fail after MPI starts, found before: the first problem as one line, or None."""
-    from randopt_hpc.modelcheck import check_model
+    from randopt_hpc.check import model_problems
     from randopt_hpc.stage import check_stage_dir
 
     cpus = os.cpu_count() or 1
     try:
         folder.lock.check(env)
-        check_model(cfg.model.path)
+        # The model folder's files, its tensors against the backend's layouts, the chat template (file reads only).
+        found = model_problems(cfg)[0]
+        if found:
+            raise ConfigError(found[0])
         if cfg.runtime.stage_dir:
             check_stage_dir(cfg.runtime.stage_dir)
         if cfg.runtime.threads > cpus:
@@ -239,19 +282,20 @@ def sampling(cfg, index: int) -> Sampling:
     return Sampling(temperature=g.temperature, top_p=g.top_p, seed=g.seed, index=index)
 
 
+BASE_JOBS = [("base", "train"), ("base", "test")]   # before the population, on ranks 0 and 1
+
+
 def answer_jobs(members: list[int], samples: int = 0) -> list[tuple[str, object]]:
     """What answers after the ranking, in a fixed order that the ranks take round-robin (rank r: jobs r,
-    r + size, ...): the base model on both splits, its test samples, then each member (one in several
-    groups answers once)."""
-    return [("base", "train"), ("base", "test")] + [("sample", s) for s in range(samples)] + \
-        [("member", m) for m in dict.fromkeys(members)]
+    r + size, ...): the base model's test samples, then each member (one in several groups answers once)."""
+    return [("sample", s) for s in range(samples)] + [("member", m) for m in dict.fromkeys(members)]
 
 
 def collect(parts: list[dict], members: list[int], samples: int = 0) -> tuple[list, dict, dict, list]:
     """Rank 0: the gathered parts as (every candidate record by index, the base model's answers by split,
     each member's test answers, the base model's test samples in order)."""
     population = sorted((r for p in parts for r in p["candidates"]), key=lambda r: r.index)
-    answered = {(r.kind, r.key): r.answers for p in parts for r in p["answered"]}
+    answered = {(kind, key): answers for p in parts for kind, key, answers in p["answered"]}
     return (population, {split: answered[("base", split)] for split in ("train", "test")},
             {m: answered[("member", m)] for m in dict.fromkeys(members)},
             [answered[("sample", s)] for s in range(samples)])
@@ -266,6 +310,27 @@ def model_parameters(path: str) -> int:
         return weight_bytes(path, 1)
     except (ValueError, OSError):
         return 0
+
+
+class _Lazy:
+    """A backend loaded on first use: a rerun with nothing left to answer on this rank (another K, new
+    settings) votes and writes without loading a model."""
+
+    def __init__(self, load):
+        self._load, self._backend = load, None
+
+    def __getattr__(self, name):
+        if self._backend is None:
+            self._backend = self._load()
+        return getattr(self._backend, name)
+
+
+def lazy_backend(cfg, comm, env, log, timer):
+    def load():
+        with timer("load"):
+            return load_backend(cfg, comm, env, log)
+    # Staging waits for the node's other ranks (a barrier), so every rank must load, and at once.
+    return load() if cfg.runtime.stage_dir else _Lazy(load)
 
 
 def load_backend(cfg, comm, env, log):
@@ -290,12 +355,14 @@ def write_results(cfg, comm, log, folder, train, test, base, population, order, 
     from randopt_hpc.report import build_tree, provenance, task_table
     from randopt_hpc.summary import render, summarize
 
-    log.info("base model: train accuracy %.3f, test accuracy %.3f", base["train"].accuracy, base["test"].accuracy)
+    t0 = time.perf_counter()
     tree = build_tree(cfg, train, test, base, population, order, votes, members, samples, timings, objective, judge)
     attrs = provenance(cfg, comm, [t["hostname"] for t in timings], model_parameters(cfg.model.path))
     path = folder.write_results(tree, attrs)
-    log.info("summary (N=%d, K=%s, sigmas=%s):\n%s", cfg.population.size, list(cfg.selection.top_k),
-             list(cfg.population.sigmas), render(summarize(tree, attrs)))
+    log.info("write: %s in %.2f s; the summary goes to stdout", path, time.perf_counter() - t0)
+    # The summary is the run's output, the log its diagnostics: a batch job's .out holds the one, .err the other.
+    print(f"summary of {os.path.abspath(path)} (N={cfg.population.size}, K={list(cfg.selection.top_k)}, "
+          f"sigmas={list(cfg.population.sigmas)}):\n{render(summarize(tree, attrs))}", flush=True)
     if len(objective.names) > 1:
         log.info("by task:\n%s", task_table(list(objective.names), tree["base"]["test_accuracy_by_task"].tolist(),
                                              votes, test))

@@ -5,6 +5,8 @@ go through `RunFolder`; nothing else knows the file names.
   shards/rank-NNNNN.jsonl   records (randopt_hpc.records), one JSON line each, appended and fsynced by one
                             rank each; a folder may hold the shards of several launches with other rank counts
   results.h5                written by rank 0 to a temporary name, then renamed (randopt_hpc.results)
+  test-jobs.json            what answers after the ranking (written by rank 0 once it is known), so that the
+                            status command can count that phase too
 
 A sweep's root folder (randopt_hpc.launch) holds launch.yaml, listing each point's job and run folder.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 
 from randopt_hpc import atomic, records
 from randopt_hpc.config import ConfigError, from_dict, to_yaml
-from randopt_hpc.fingerprint import result_fingerprint
+from randopt_hpc.fingerprint import changes, growth_refusal
 from randopt_hpc.lock import RunLock
 from randopt_hpc.textio import read_yaml_file
 
@@ -31,6 +34,7 @@ RUN_YAML = "run.yaml"
 LAUNCH_YAML = "launch.yaml"   # in a sweep's root folder: its points (randopt_hpc.launch), not a run folder
 RESULTS = "results.h5"
 SHARDS = "shards"
+TEST_JOBS = "test-jobs.json"
 
 FRESH, RESUME, FINISHED = "fresh", "resume", "finished"
 
@@ -114,9 +118,10 @@ class RunFolder:
         self.path = path
         self.run_yaml = os.path.join(path, RUN_YAML)
         self.results = os.path.join(path, RESULTS)
+        self.test_jobs_file = os.path.join(path, TEST_JOBS)
         self.shards_dir = os.path.join(path, SHARDS)
         self.lock = RunLock(path)
-        self._counted: dict[str, tuple[int, set]] = {}   # count_done's progress per shard: (offset, indices)
+        self._counted: dict[str, tuple[int, dict]] = {}   # count()'s progress per shard: (offset, what it saw)
 
     def __repr__(self) -> str:
         return f"RunFolder({self.path!r})"
@@ -151,8 +156,10 @@ class RunFolder:
 
     def state(self, cfg) -> str:
         """FRESH, RESUME or FINISHED for a run of cfg here (cfg.output.overwrite: always FRESH); a folder
-        holding another config's run, or results of an unknown one, is a ConfigError. FINISHED only with a
-        results.h5 that opens, has this schema and the shapes cfg implies; else the shards rebuild it."""
+        holding another config's run, or results of an unknown one, is a ConfigError. A run that differs
+        from cfg only in what may grow or in settings (randopt_hpc.fingerprint) resumes as cfg's. FINISHED
+        only with a results.h5 that opens, has this schema and the shapes cfg implies; else the shards
+        rebuild it."""
         if cfg.output.overwrite or not os.path.isdir(self.path):
             return FRESH
         if not self.started:
@@ -160,13 +167,10 @@ class RunFolder:
                 raise ConfigError(f"output.dir: {self.path} holds results of an unknown config; "
                                   "choose another output.dir or set output.overwrite=true")
             return FRESH
-        old = result_fingerprint(self.config())
-        new = result_fingerprint(cfg)
-        diff = [k for k in new if old.get(k) != new[k]]
-        if diff:
-            k = diff[0]
-            raise ConfigError(f"output.dir: {self.path} holds a run with another config ({k}: {old.get(k)!r} "
-                              f"there, {new[k]!r} here); choose another output.dir or set output.overwrite=true")
+        refusal = growth_refusal(self.config(), cfg)
+        if refusal:
+            raise ConfigError(f"output.dir: {self.path} holds a run with another config ({refusal}); choose "
+                              "another output.dir or set output.overwrite=true")
         return FINISHED if self.results_damage(cfg) is None else RESUME
 
     def check_writable(self) -> None:
@@ -186,7 +190,7 @@ class RunFolder:
     # ------------------------------------------------------------------ changes (rank 0, lock held)
     def clear(self) -> None:
         shutil.rmtree(self.shards_dir, ignore_errors=True)
-        for path in (self.results, self.run_yaml):
+        for path in (self.results, self.run_yaml, self.test_jobs_file):
             if os.path.exists(path):
                 os.remove(path)
 
@@ -200,15 +204,35 @@ class RunFolder:
         elif cfg.output.overwrite:
             self.clear()
         os.makedirs(self.path, exist_ok=True)
-        removed = atomic.remove_temporaries(self.path, (RUN_YAML, RESULTS))
+        removed = atomic.remove_temporaries(self.path, (RUN_YAML, RESULTS, TEST_JOBS))
         if removed and log:
             log.warning("removed %d temporary file(s) of an earlier run that died while writing: %s",
                         len(removed), ", ".join(removed))
-        if not self.started:
+        changed = {} if not self.started else changes(self.config(), cfg)
+        if changed and log:   # grown or under new settings (state() allowed it)
+            log.info("the run in %s goes on as this config's: %s", self.path,
+                     ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+        if not self.started or changed:
             atomic.write_text(self.run_yaml, to_yaml(cfg), fault_point="write:run.yaml")
         damage = self.results_damage(cfg)
-        if damage not in (None, "missing") and log:
+        if damage not in (None, "missing") and log and not changed:
             log.warning("%s is damaged (%s); rebuilding it from the shards", self.results, damage)
+
+    def write_test_jobs(self, population_size: int, jobs: list, test_ids: list) -> None:
+        atomic.write_text(self.test_jobs_file, json.dumps({"population_size": population_size, "jobs": jobs,
+                                                           "test_ids": test_ids}))
+
+    def test_jobs(self, population_size: int) -> tuple[list, list] | None:
+        """The jobs after the ranking of this population size, as (kind, key) pairs, and the test examples' ids
+        they answer; None when not known yet (or written for another size of a grown run)."""
+        try:
+            with open(self.test_jobs_file, encoding="utf-8") as f:
+                data = json.load(f)
+            if data["population_size"] == population_size:
+                return [tuple(j) for j in data["jobs"]], list(data["test_ids"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
 
     def writer(self, rank: int) -> ShardWriter:
         return ShardWriter(self.shard_path(rank))
@@ -245,12 +269,42 @@ class RunFolder:
                     log.warning("%s line %d skipped: %s", path, number, why)
         return records.Done.of(r for scan in scans.values() for r in scan.records)
 
-    def count_done(self) -> int:
-        """Distinct finished candidates. Incremental: each call reads only what the shards gained since
-        the last (rank 0's progress line calls it every few seconds while the shards grow)."""
-        indices: set[int] = set()
+    def first_candidate(self) -> records.CandidateRecord | None:
+        """A candidate record of the shards (the first whole one found), without reading them all."""
         for path in self.shard_files():
-            offset, seen = self._counted.get(path, (0, set()))
+            with open(path, "rb") as f:
+                for line in f:
+                    try:
+                        r = records.from_json(line.decode("utf-8"))
+                    except (ValueError, UnicodeDecodeError):
+                        continue
+                    if r.kind == "candidate":
+                        return r
+        return None
+
+    def count_done(self) -> int:
+        """Distinct finished candidates (any index)."""
+        return len(set().union(*(seen.get("candidate", {}) for seen in self._scan_new().values())))
+
+    def count(self, kind: str, keys, ids=None) -> tuple[int, tuple | None]:
+        """How many of `keys` have a record of `kind` in the shards (with `ids`: records answering all those
+        examples between them, as a grown test split needs), and for candidates the best (score, index) among
+        them. Incremental: each call reads only what the shards gained since the last (rank 0's progress line
+        calls it every few seconds while the shards grow)."""
+        found: dict = {}
+        for seen in self._scan_new().values():
+            for key, value in seen.get(kind, {}).items():
+                found[key] = value if kind == "candidate" else found.get(key, set()) | value
+        need = set(ids or ())
+        hits = [k for k in keys if k in found and (kind == "candidate" or None in found[k] or need <= found[k])]
+        best = max(((found[k], -k) for k in hits), default=None) if kind == "candidate" else None
+        return len(hits), None if best is None else (best[0], -best[1])
+
+    def _scan_new(self) -> dict[str, dict]:
+        """Per shard: {kind: {key: the candidate's score, or the example ids answered (None: a record from
+        before ids were recorded)}}, brought up to date with the lines appended since."""
+        for path in self.shard_files():
+            offset, seen = self._counted.get(path, (0, {}))
             with open(path, "rb") as f:
                 f.seek(offset)
                 for line in f:
@@ -262,7 +316,8 @@ class RunFolder:
                     except (ValueError, UnicodeDecodeError):
                         continue     # damaged: its record is recomputed and appended later
                     if r.kind == "candidate":
-                        seen.add(r.index)
+                        seen.setdefault(r.kind, {})[r.key] = r.score
+                    else:
+                        seen.setdefault(r.kind, {}).setdefault(r.key, set()).update(r.answers.ids or (None,))
             self._counted[path] = (offset, seen)
-            indices |= seen
-        return len(indices)
+        return {path: seen for path, (_, seen) in self._counted.items()}

@@ -38,13 +38,21 @@ def summarize(out_dir: str, now: float | None = None) -> dict:
                        "last_write_s_ago": round(now - os.path.getmtime(path), 1),
                        "damaged_lines": [number for number, _ in scan.damaged]})
     rate = sum(s["rate"] for s in shards)
+    done &= set(range(n))   # a shrunk run's shards hold candidates past its N
     left = n - len(done)
+    planned, answered = folder.test_jobs(n), 0
+    jobs = planned[0] if planned else None
+    if planned:
+        answered = sum(folder.count(kind, [key for k, key in jobs if k == kind], planned[1])[0]
+                       for kind in dict.fromkeys(k for k, _ in jobs))
     damage = folder.results_damage(cfg)
     holder = folder.lock.holder()
     return {"dir": out_dir, "population": n, "done": len(done), "left": left, "finished": damage is None,
             "results_damage": None if damage in (None, "missing") else damage,
             "locked_by": holder.describe() if holder else None,
-            "rate": rate, "eta_s": (left / rate if rate > 0 else None) if left else 0.0, "shards": shards}
+            "test_jobs": len(jobs) if jobs else None, "test_answered": answered,
+            "rate": rate, "eta_s": (left / rate if rate > 0 else None) if left else (0.0 if damage is None else None),
+            "shards": shards}
 
 
 def summarize_sweep(root: str, now: float | None = None) -> list[dict]:
@@ -68,7 +76,7 @@ def render_sweep(points: list[dict]) -> str:
         if not p["started"]:
             lines.append(f"{p['job_id']:>12}  {'-':>11}  {'not started':<13} {'':>7} {'':>7}  {p['dir']}")
             continue
-        state = "finished" if p["finished"] else ("voting" if not p["left"] else "running/stopped")
+        state = "finished" if p["finished"] else ("test answers" if not p["left"] else "running/stopped")
         eta = "?" if p["eta_s"] is None else f"{p['eta_s']:.0f}"
         lines.append(f"{p['job_id']:>12}  {p['done']:>5}/{p['population']:<5}  {state:<13} {p['rate']:>7.2f} "
                      f"{eta:>7}  {p['dir']}")
@@ -78,7 +86,8 @@ def render_sweep(points: list[dict]) -> str:
 
 
 def render(s: dict) -> str:
-    state = "finished (results.h5 written)" if s["finished"] else ("all candidates done, vote pending"
+    test = f"test answers {s['test_answered']}/{s['test_jobs']} jobs" if s["test_jobs"] else "test answers"
+    state = "finished (results.h5 written)" if s["finished"] else (f"all candidates done, {test}, then the vote"
                                                                     if not s["left"] else "not finished")
     eta = "?" if s["eta_s"] is None else f"{s['eta_s']:.0f} s"
     lines = [f"{s['dir']}: {s['done']}/{s['population']} candidates ({100 * s['done'] / s['population']:.0f}%), "

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 import click
 
 from randopt_hpc.cli import Group
-from tools import metrics, render, reports, runfile, tables
+from tools import metrics, render, reports, runfile, sweep, tables
 from tools.runfile import ResultsError
 
 PROG = "python -m tools.analyze"
@@ -125,6 +125,22 @@ def density(files, margins, on, split, steps, as_json):
     _emit(_each(files, reports.density, margins, steps, on, split), as_json, render.density)
 
 
+# ------------------------------------------------------------------------------------------ thicket
+
+@cli.command()
+@files_arg
+@json_option
+def thicket(files, as_json):
+    """The thicket on the test set, per σ: share of candidates at least as accurate as the base, best − base, and
+    how well the train score predicts test accuracy (Pearson r with a 95% Fisher interval, Spearman ρ).
+
+    Candidates with test answers: every candidate in a scan run (selection.control_size = population.size),
+    otherwise only the random control's members (an unbiased sample, but a small one). Test accuracies are
+    counts of right answers on the base's test items, so a tie with the base counts as ≥ base.
+    """
+    _emit(_each(files, reports.thicket), as_json, render.thicket)
+
+
 # -------------------------------------------------------------------------------------- discordance
 
 @cli.command()
@@ -167,27 +183,47 @@ def passk(files, as_json):
 
 # -------------------------------------------------------------------------------------------- merge
 
+def _merge_row(f, path):
+    return reports.merge_row(f, path), sweep.record(f, path)
+
+
 @cli.command()
 @files_arg
 @click.option("--csv", "as_csv", is_flag=True, help="CSV instead of a markdown table.")
+@click.option("--over-seeds", is_flag=True,
+              help="Only the table over population seeds (with --csv: that table as CSV, one row per group and "
+                   "quantity).")
 @json_option
-def merge(files, as_csv, as_json):
-    """One table of several runs (e.g. a sweep: runs/sweep/*/results.h5): the config keys that differ, N, accuracies.
+def merge(files, as_csv, over_seeds, as_json):
+    """One table of several runs (e.g. a sweep: runs/sweep/*/results.h5): the config keys that differ, N, accuracies;
+    then the runs grouped over population seeds: mean, spread and a 95% interval over seeds.
 
-    Shown: config keys present in every file whose values differ (output.dir and output.overwrite are
+    Per run: config keys present in every file whose values differ (output.dir and output.overwrite are
     ignored). Test accuracies: base, best single, top-K vote for each K, control-K vote.
+
+    Over seeds: a group is the runs whose configs are equal except population.seed (and fields that change
+    no result: output.*, progress, staging). For each group and each test accuracy (base, best single,
+    top-K, random control-K, σ-matched control-K, top-K − each control): n, mean, sample std, min, max and
+    the 95% t-interval mean ± t(0.975, n−1)·s/√n (none for n = 1). Shown after the runs when some group
+    has two or more runs; --over-seeds shows it alone.
     """
-    data = reports.merge(_each(files, reports.merge_row))
+    both = _each(files, _merge_row)
+    data = reports.merge([row for row, _ in both])
+    groups = sweep.group([rec for _, rec in both])
     if as_json:
         keep = ("differing_keys", "keys_not_in_every_file", "runs")
-        click.echo(json.dumps(tables.jsonable({k: data[k] for k in keep}), indent=1, allow_nan=False))
+        click.echo(json.dumps(tables.jsonable({**{k: data[k] for k in keep}, "over_seeds": sweep.jsonable(groups)}),
+                              indent=1, allow_nan=False))
     elif as_csv:
-        click.echo(tables.csv_text(data["headers"], data["rows"]))
+        click.echo(tables.csv_text(*(sweep.table(groups) if over_seeds else (data["headers"], data["rows"]))))
     else:
-        click.echo(tables.markdown(data["headers"], data["rows"]))
-        if data["keys_not_in_every_file"]:
-            click.echo(f"\nconfig keys not in every file (files from different package versions; not compared): "
-                       f"{', '.join(data['keys_not_in_every_file'])}")
+        if not over_seeds:
+            click.echo(tables.markdown(data["headers"], data["rows"]))
+            if data["keys_not_in_every_file"]:
+                click.echo(f"\nconfig keys not in every file (files from different package versions; not compared): "
+                           f"{', '.join(data['keys_not_in_every_file'])}")
+        if over_seeds or any(len(grp["paths"]) > 1 for grp in groups["groups"]):
+            click.echo(("" if over_seeds else "\n") + render.over_seeds(groups))
 
 
 # ------------------------------------------------------------------------------------------ compare
@@ -216,17 +252,43 @@ def compare(a, b, as_json):
 
 # --------------------------------------------------------------------------------------------- plot
 
+def _sweep_data(files, band: str) -> dict:
+    """What plots.write_sweeps draws from several files (one task, one model)."""
+    records = _each(files, sweep.record, True)
+    try:
+        sweep.check_plottable(records)
+    except ResultsError as e:
+        _fail(e)
+    g = sweep.group(records)
+    return {"title": sweep.describe(records), "band": band, "groups": g, "kcurves": sweep.overlay(g),
+            "nscale": sweep.sweep(g, sweep.SIZE), "sigma": sweep.sweep(g, sweep.SIGMAS)}
+
+
 @cli.command()
-@click.argument("file", metavar="FILE")
+@files_arg
 @click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for the PNGs (created).")
 @click.option("--samples-from", "more", multiple=True, metavar="FILE",
-              help="Another run's results on the same test set (e.g. another generation.temperature): its base "
-                   "pass@k joins passk.png. Repeatable.")
+              help="One FILE only: another run's results on the same test set (e.g. another "
+                   "generation.temperature): its base pass@k joins passk.png. Repeatable.")
+@click.option("--band", type=click.Choice(["range", "ci"]), default="range", show_default=True,
+              help="Several files: the band around the mean over seeds, min–max or the 95% t-interval.")
 @click.option("--dpi", default=100, show_default=True)
 @json_option
-def plot(file, out_dir, more, dpi, as_json):
-    """PNGs: train-score histogram, K-curve, σ box plots, density with its interval band, and (with base samples)
-    passk.png: base pass@k and TT-MV against each ensemble's coverage and vote, the limit-of-RLVR figure."""
+def plot(files, out_dir, more, band, dpi, as_json):
+    """PNGs. One file: train-score histogram, K-curve, σ box plots, density with its interval band, and (with base
+    samples) passk.png: base pass@k and TT-MV against each ensemble's coverage and vote, the limit-of-RLVR figure.
+
+    Several files (one task, one model; grouped over population seeds as in merge): nscale.png (test accuracy
+    against N on a log2 axis) when they differ in population.size, sigma.png (against the σ set) when they
+    differ in population.sigmas, and kcurves.png (each group's K-curve overlaid). Lines: mean over seeds,
+    band min–max (--band ci: the 95% t-interval), dots: each seed. Titles: model, task, N, σ and seeds.
+    """
+    if len(files) > 1:
+        if more:
+            _fail(ResultsError("--samples-from goes with one FILE (several files make the sweep figures)"))
+        _write_plots("write_sweeps", _sweep_data(files, band), out_dir, dpi, as_json)
+        return
+    file = files[0]
     try:
         extra = []
         for other in more:
@@ -246,11 +308,15 @@ def plot(file, out_dir, more, dpi, as_json):
                     "passk": reports.passk(f, file), "passk_more": extra}
     except (ResultsError, ValueError, OSError) as e:
         _fail(e)
+    _write_plots("write_all", data, out_dir, dpi, as_json)
+
+
+def _write_plots(writer: str, data, out_dir: str, dpi: int, as_json: bool) -> None:
     from tools import plots  # matplotlib only here: every other command works without it
 
     try:
         os.makedirs(out_dir, exist_ok=True)
-        paths = plots.write_all(data, out_dir, dpi)
+        paths = getattr(plots, writer)(data, out_dir, dpi)
     except OSError as e:
         _fail(e)
     click.echo(json.dumps(paths) if as_json else "\n".join(paths))

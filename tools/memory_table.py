@@ -20,19 +20,12 @@ from __future__ import annotations
 
 import argparse
 
-GIB = 1 << 30
+# One copy of the formula: randopt_hpc.check applies it to a config's own model (python -m randopt_hpc.check).
+from randopt_hpc.check import GIB, per_rank
+
+__all__ = ["GIB", "MODELS", "per_rank", "table"]
+
 MODELS = {"7B": 7e9, "32B": 32e9, "70B": 70e9}   # nominal sizes (OLMo-3-7B, Qwen2.5-32B, Llama-3.1-70B)
-
-
-def per_rank(params: float, tp: int, pristine: str, dtype_bytes: int = 2, hbm_gbs: float = 4000,
-             c2c_gbs: float = 450) -> dict:
-    """Bytes on the GPU and in host memory per rank, and seconds per restore."""
-    shard = params * dtype_bytes / tp
-    if pristine == "device":
-        return {"gpu": 2 * shard, "host": 0.0, "restore_s": 2 * shard / (hbm_gbs * 1e9)}
-    if pristine == "host":
-        return {"gpu": shard, "host": shard, "restore_s": shard / (c2c_gbs * 1e9)}
-    raise ValueError(f"pristine must be device or host, not {pristine!r}")
 
 
 def table(gpu_gib: float, utilization: float, **kw) -> list[str]:

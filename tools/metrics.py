@@ -276,3 +276,77 @@ def timing_stats(busy: np.ndarray, wall: np.ndarray) -> dict:
     b, w = np.asarray(busy, dtype=np.float64), np.asarray(wall, dtype=np.float64)
     mean = b.mean() if len(b) else np.nan
     return {"idle": w - b, "imbalance": float(b.max() / mean) if len(b) and mean > 0 else float("nan")}
+
+
+# ----------------------------------------------------------------- across runs: population seeds, correlations
+
+def t_two_sided(t: float, df: int) -> float:
+    """P(|T| ≤ t) for Student's t with integer df ≥ 1, in closed form (Abramowitz & Stegun 26.7.3–4)."""
+    if t <= 0:
+        return 0.0
+    theta = np.arctan(t / np.sqrt(df))
+    c2, s = np.cos(theta) ** 2, np.sin(theta)
+    if df % 2:      # odd: 2/π (θ + sin θ cos θ (1 + 2/3 cos²θ + (2·4)/(3·5) cos⁴θ + ...)), df − 1 terms in all
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for j in range(1, (df - 1) // 2):
+            term *= 2 * j / (2 * j + 1) * c2
+            total += term
+        return float(2 / np.pi * (theta + s * np.cos(theta) * total))
+    term, total = 1.0, 1.0          # even: sin θ (1 + 1/2 cos²θ + (1·3)/(2·4) cos⁴θ + ...)
+    for j in range(1, df // 2):
+        term *= (2 * j - 1) / (2 * j) * c2
+        total += term
+    return float(s * total)
+
+
+def t_quantile(level: float, df: int) -> float:
+    """t such that P(|T| ≤ t) = level (level 0.95: the 0.975 quantile), by bisection on t_two_sided."""
+    if df < 1:
+        raise ValueError(f"df must be ≥ 1, got {df}")
+    lo, hi = 0.0, 1.0
+    while t_two_sided(hi, df) < level:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_two_sided(mid, df) < level else (lo, mid)
+        if hi - lo < 1e-12 * hi:
+            break
+    return (lo + hi) / 2
+
+
+def seed_stats(values: Sequence[float | None], level: float = 0.95) -> dict:
+    """Mean, sample std (ddof 1), min, max and the t-interval mean ± t_{(1+level)/2, n−1}·s/√n of one quantity
+    over runs (population seeds). None values (the run has no such quantity) are left out; n = 1: no std,
+    no interval."""
+    x = np.array([v for v in values if v is not None], dtype=np.float64)
+    n = len(x)
+    out = {"n": n, "mean": None, "std": None, "min": None, "max": None, "low": None, "high": None}
+    if n == 0:
+        return out
+    out.update(mean=float(x.mean()), min=float(x.min()), max=float(x.max()))
+    if n >= 2:
+        s = float(x.std(ddof=1))
+        half = t_quantile(level, n - 1) * s / np.sqrt(n)
+        out.update(std=s, low=out["mean"] - half, high=out["mean"] + half)
+    return out
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation; None when fewer than 3 points or either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman's rank correlation: Pearson on average ranks (ties share their mean rank)."""
+    return pearson(average_ranks(np.asarray(x)), average_ranks(np.asarray(y)))
+
+
+def fisher_interval(r: float | None, n: int, z: float = 1.959963984540054) -> tuple[float | None, float | None]:
+    """95% interval of a Pearson r by Fisher's z = atanh r ± z/√(n−3); None for n ≤ 3 or |r| = 1."""
+    if r is None or n <= 3 or abs(r) >= 1:
+        return None, None
+    c, half = np.arctanh(r), z / np.sqrt(n - 3)
+    return float(np.tanh(c - half)), float(np.tanh(c + half))

@@ -86,6 +86,35 @@ def density(d: dict) -> str:
                       tables.text(["sigma", *(f"m={m:g}" for m in d["margins"])], rows)])
 
 
+def thicket(d: dict) -> str:
+    rows = [[sigma_label(r["sigma"]), r["n"],
+             f"{r['at_least_base']:.3f} [{r['at_least_low']:.2f},{r['at_least_high']:.2f}]",
+             r["above_base"], r["best_test"], f"{100 * r['best_minus_base']:+.1f}",
+             None if r["pearson"] is None else f"{r['pearson']:+.3f}"
+             + (f" [{r['pearson_low']:+.2f},{r['pearson_high']:+.2f}]" if r["pearson_low"] is not None else ""),
+             None if r["spearman"] is None else f"{r['spearman']:+.3f}"] for r in d["rows"]]
+    return "\n".join([d["title"], f"source: {d['source']}",
+                      f"base test accuracy {d['base_test_acc']:.4f} ({d['base_hits']}/{d['T_test']}); "
+                      f"train score: {d['score']}",
+                      tables.text(["sigma", "n", ">= base [95% Wilson]", "> base", "best test", "best - base (pts)",
+                                   "Pearson r [95%]", "Spearman"], rows),
+                      ">= base: share of candidates with test accuracy at least the base's; r, Spearman: train score "
+                      "against test accuracy over these candidates (r's interval: Fisher z)"])
+
+
+def over_seeds(g: dict) -> str:
+    """merge's table over population seeds, markdown, with what a group is and which interval."""
+    from tools import sweep
+
+    lines = ["over population seeds (a group: runs whose configs differ only in population.seed and fields that "
+             "change no result); " + g["interval"], tables.markdown(*sweep.table(g))]
+    lines += [f"note: population.seed {', '.join(map(str, grp['repeated_seeds']))} appears more than once in the group "
+              f"of {', '.join(grp['paths'])}: not independent seeds" for grp in g["groups"] if grp["repeated_seeds"]]
+    if g["not_compared"]:
+        lines.append(f"config keys not in every file (not compared): {', '.join(g['not_compared'])}")
+    return "\n".join(lines)
+
+
 def matrix(c) -> str:
     return tables.text([""] + [f"[{j}]" for j in range(len(c))], [[f"[{i}]", *row] for i, row in enumerate(c.tolist())])
 

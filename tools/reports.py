@@ -114,6 +114,39 @@ def density(f, path: str, margins: list[float] | None, steps: int = 11, on: str 
                      for r in d["rows"]]}
 
 
+def thicket(f, path: str) -> dict:
+    """Per σ over the candidates with test answers (a scan: all): share ≥ base and > base on test (Wilson), the
+    best test accuracy, and Pearson / Spearman correlation of train score and test accuracy."""
+    if "ensemble/control" not in f:
+        raise ResultsError(f"{path}: no ensemble/control (selection.control was off): the thicket needs candidates' "
+                           "test answers (a scan: selection.control_size = population.size)")
+    idx = f["ensemble/control/members"][()]
+    n_pop = int(f["population/train_score"].shape[0])
+    hits = f["ensemble/control/test_correct"][()].sum(axis=1)
+    base_ok = f["base/test_correct"][()]
+    t, base_hits = len(base_ok), int(base_ok.sum())
+    score, sig = f["population/train_score"][()][idx], f["population/sigma"][()][idx]
+    scan = len(set(idx.tolist())) == n_pop
+    rows = []
+    for s, mask in metrics.sigma_groups(sig):
+        n, h, sc = int(mask.sum()), hits[mask], score[mask]
+        at_least, above = int(np.sum(h >= base_hits)), int(np.sum(h > base_hits))
+        lo, hi = metrics.wilson(at_least, n)
+        r = metrics.pearson(sc, h / t)
+        r_lo, r_hi = metrics.fisher_interval(r, n)
+        rows.append({"sigma": s, "n": n, "at_least_base": at_least / n, "at_least_count": at_least,
+                     "at_least_low": float(lo), "at_least_high": float(hi), "above_base": above / n,
+                     "above_count": above, "best_test": float(h.max() / t),
+                     "best_minus_base": float((h.max() - base_hits) / t),
+                     "pearson": r, "pearson_low": r_lo, "pearson_high": r_hi, "spearman": metrics.spearman(sc, h / t)})
+    return {"path": path, "title": runfile.title(f, path), "scan": scan, "N": n_pop, "candidates": len(idx),
+            "source": "ensemble/control/test_correct: " + ("every candidate (a scan run)" if scan else
+                                                          f"only the {len(idx)} control members of {n_pop} candidates"),
+            "base_test_acc": base_hits / t, "base_hits": base_hits, "T_test": t,
+            "score": "population/train_score (the mean train reward the ranking sorts by)",
+            "intervals": "share ≥ base: 95% Wilson; Pearson r: 95% Fisher z", "rows": rows}
+
+
 def passk(f, path: str, max_tt_mv: int = 64) -> dict:
     """The limit-of-RLVR comparison: the base model's pass@k over its samples (unbiased estimator) and TT-MV
     at k, against each ensemble's coverage and vote of its first k members."""

@@ -103,8 +103,33 @@ def run_name(f, path: str) -> str:
     return os.path.basename(os.path.normpath(out)) if out else os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 
+def model_name(f) -> str:
+    """The model folder's name (model.path's last part), '?' when the config does not say."""
+    path = (config(f).get("model") or {}).get("path")
+    return os.path.basename(os.path.normpath(str(path))) if path else "?"
+
+
+def sigmas(f) -> list[float]:
+    """The run's σ values: population.sigmas as configured, else the distinct values in population/sigma."""
+    configured = (config(f).get("population") or {}).get("sigmas")
+    if isinstance(configured, list) and configured:
+        return [float(s) for s in configured]
+    return sorted(float(s) for s in np.unique(f["population/sigma"][()]))
+
+
+def sigma_text(values) -> str:
+    return ", ".join(f"{float(s):g}" for s in values)
+
+
+def population_seed(f):
+    return (config(f).get("population") or {}).get("seed")
+
+
 def title(f, path: str) -> str:
-    return f"{run_name(f, path)} · {task(f)} · N={f['population/train_score'].shape[0]}"
+    """Model, task, N, σ, population seed and the run's folder: what a figure or table is of."""
+    seed = population_seed(f)
+    return (f"model {model_name(f)} · {task(f)} · N={f['population/train_score'].shape[0]} · σ {sigma_text(sigmas(f))}"
+            + (f" · seed {seed}" if seed is not None else "") + f" · run {run_name(f, path)}")
 
 
 def train_scores(f) -> tuple[np.ndarray, float]:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from randopt_hpc import noise
 from randopt_hpc.backends.base import BaseBackend, cut_at_stop, stop_token_ids
+from randopt_hpc.population import select_names
 from randopt_hpc.sampling import Sampling, gumbel
 from randopt_hpc.tasks.base import Example
 
@@ -46,7 +47,7 @@ class HFBackend(BaseBackend):
         # named_parameters() lists a tied tensor once, under its first (checkpoint) name, so tied
         # weights are perturbed exactly once.
         params = dict(self.model.named_parameters())
-        self.names = noise.select_names(list(params), list(include), list(exclude))
+        self.names = select_names(list(params), list(include), list(exclude))
         if not self.names:
             raise ValueError("population.include/exclude select no weight tensor of the model")
         self._params = {n: params[n] for n in self.names}

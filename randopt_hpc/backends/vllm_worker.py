@@ -41,8 +41,9 @@ class PerturbExtension:
         import torch
         from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
-        from randopt_hpc import noise, tp
+        from randopt_hpc import tp
         from randopt_hpc.backends.vllm_checkpoint import Checkpoint
+        from randopt_hpc.population import select_names
 
         opts = {"pristine": "device", "keep_written": False, **(options or {})}
         if opts["pristine"] not in PRISTINE:
@@ -67,7 +68,7 @@ class PerturbExtension:
                 holders.setdefault(id(p), []).append(m)
         with Checkpoint(path) as ckpt, torch.no_grad():
             # The checkpoint's own names select, as in the HF backend; vLLM's fused names never do.
-            selected = set(noise.select_names(ckpt.names, list(include), list(exclude)))
+            selected = set(select_names(ckpt.names, list(include), list(exclude)))
             elements = sum(math.prod(ckpt.shape(n)) for n in selected)
             for name, param in model.named_parameters():
                 try:

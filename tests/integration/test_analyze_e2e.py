@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, launch, write_config
 from tools.analyze import cli
 
 pytestmark = pytest.mark.integration
@@ -131,6 +131,35 @@ def test_plot_writes_five_pngs(run_file, tmp_path):
     for p in paths:
         data = open(p, "rb").read()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+@pytest.fixture(scope="module")
+def other_seed(run_file, tiny_model, tmp_path_factory):
+    """The same config at another population seed and size, also on 2 ranks, and a scan."""
+    tmp = tmp_path_factory.mktemp("other-seed")
+    cfg = write_config(tmp / "run.yaml", tiny_model, tmp / "run", population={"size": 8, "seed": 12},
+                       selection={"control_size": 8})
+    p = launch(cfg, 2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return tmp / "run" / "results.h5"
+
+
+def test_merge_over_seeds_thicket_and_sweep_plots(run_file, other_seed, stored, tmp_path):
+    m = analyze("merge", run_file, run_file, "--json")
+    [grp] = m["over_seeds"]["groups"]
+    assert grp["seeds"] == [11, 11] and grp["repeated_seeds"] == [11]
+    top3 = next(r for r in grp["rows"] if r["quantity"] == "top-3 vote")
+    assert top3["mean"] == pytest.approx(stored["ensemble/selected/accuracy"][1]) and top3["std"] == 0
+    two = analyze("merge", run_file, other_seed, "--json")["over_seeds"]
+    assert two["keys"] == ["population.size", "selection.control_size"] and len(two["groups"]) == 2
+    [t] = analyze("thicket", other_seed, "--json")
+    assert t["scan"] and t["candidates"] == 8 and t["rows"][-1]["n"] == 8
+    [small] = analyze("thicket", run_file, "--json")
+    assert not small["scan"] and small["candidates"] == 3
+    paths = analyze("plot", run_file, other_seed, "--out", tmp_path / "sweep", "--json")
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["nscale.png", "kcurves.png"]
+    for p in paths:
+        assert open(p, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_as_a_program(run_file):

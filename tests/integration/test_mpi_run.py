@@ -23,7 +23,7 @@ def runs(tiny_model, tmp_path_factory):
         cfg = write_config(tmp / f"{name}.yaml", tiny_model, tmp / name)
         p = launch(cfg, nproc)
         assert p.returncode == 0, p.stderr[-3000:]
-        out[name] = (tmp / name / "results.h5", p.stderr)
+        out[name] = (tmp / name / "results.h5", p.stderr, p.stdout)
     return out
 
 
@@ -43,7 +43,7 @@ def test_identical_results_on_1_2_3_ranks(runs):
 def test_results_file_contract(runs):
     """What only a real multi-process run shows: provenance of the world that wrote it, one log prefix per
     rank, the summary table. The meaning of every dataset is tested in-process (tests/unit/test_run.py)."""
-    path, stderr = runs["np2"]
+    path, stderr, stdout = runs["np2"]
     with h5py.File(path) as f:
         assert f.attrs["schema_version"] == 2 and f.attrs["world_size"] == 2
         for key in ("package_version", "git_commit", "created", "config", "config_fingerprint", "versions"):
@@ -52,8 +52,13 @@ def test_results_file_contract(runs):
         assert len(json.loads(f.attrs["hostnames"])) == 2
         assert f["population/train_correct"].shape == (12, 6) and f["timing/busy"].shape == (2,)
         assert (f["timing/busy"][()] > 0).all() and f["timing/candidates"][()].tolist() == [6, 6]
-    for line in ("[rank 0/2]", "[rank 1/2]", "top-3 vote", "control-3 vote", "best single", "results: "):
+    for line in ("[rank 0/2]", "[rank 1/2]", "base model on train", "base model on test", "population: candidates",
+                 "test answers: jobs", "vote: ", "write: ", "results: "):
         assert line in stderr
+    # The summary is the run's output: on stdout, which holds nothing else.
+    assert stdout.startswith("summary of ") and "[rank" not in stdout
+    for line in ("top-3 vote", "control-3 vote", "best single"):
+        assert line in stdout and line not in stderr
 
 
 def _signal_mid_run(cfg, out, ranks, sig):

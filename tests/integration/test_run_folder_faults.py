@@ -4,6 +4,7 @@ Every rerun must equal an undisturbed run, leave no temporaries and hold each ca
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
@@ -56,8 +57,10 @@ def test_a_second_run_into_a_busy_folder_exits_2_and_the_first_is_undisturbed(re
     _, err = first.communicate(timeout=240)
     assert first.returncode == 0, err[-3000:]
     _clean_and_whole(out, reference)
-    # The same config as a plain process is refused alike while a run holds the folder.
+    # The same config as a plain process is refused alike while a run holds the folder (one with every
+    # candidate to evaluate again: with only the vote left it would load no model and be done in seconds).
     (out / "results.h5").unlink()
+    shutil.rmtree(out / "shards")
     holder = launch(cfg, 2, popen=True)
     _wait_for(lambda: (out / ".lock").exists())
     serial = launch(cfg, None, timeout=120)

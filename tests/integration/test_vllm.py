@@ -47,12 +47,12 @@ def hb():
 
 def _select(backend, include):
     """Re-point both backends' perturbation at other tensors (vLLM: inside its worker)."""
-    from randopt_hpc import noise
+    from randopt_hpc.population import select_names
 
     if hasattr(backend, "llm"):
         backend.select(MODEL, include)
     else:
-        backend.names = noise.select_names(list(backend._params), include, [])
+        backend.names = select_names(list(backend._params), include, [])
 
 
 def test_greedy_token_ids_equal_hf_for_five_seeds(vb, hb, examples):

@@ -103,7 +103,7 @@ def demo(tmp_path_factory):
 
 def test_cli_imports_no_mpi_torch_vllm_matplotlib(demo):
     code = ("import sys; from click.testing import CliRunner; from tools.analyze import cli\n"
-            f"for c in ('summary', 'kcurve', 'sigma', 'density', 'passk', 'merge'):\n"
+            f"for c in ('summary', 'kcurve', 'sigma', 'density', 'passk', 'merge', 'thicket'):\n"
             f"    assert CliRunner().invoke(cli, [c, {str(demo)!r}]).exit_code == 0, c\n"
             "print(sorted(m for m in ('mpi4py', 'vllm', 'torch', 'matplotlib') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -362,7 +362,7 @@ def test_unreadable_files_exit_2_with_one_line(tmp_path, kind):
         path = make_results(tmp_path / "t")
         with h5py.File(path, "r+") as f:
             del f["ensemble"]
-    for command in ("summary", "kcurve", "sigma", "density", "passk", "merge", "plot", "compare"):
+    for command in ("summary", "kcurve", "sigma", "density", "passk", "merge", "thicket", "plot", "compare"):
         extra = {"plot": ["--out", tmp_path / "p"], "compare": [path]}.get(command, [])
         code, out, err = run(command, path, *extra)
         assert code == 2 and out == "", (command, out)
@@ -377,8 +377,213 @@ def test_usage_errors_are_one_line():
 
 
 def test_every_command_json_is_valid(demo, tmp_path):
-    for command in ("summary", "kcurve", "sigma", "density", "passk", "merge"):
+    for command in ("summary", "kcurve", "sigma", "density", "passk", "merge", "thicket"):
         code, out, err = run(command, demo, demo, "--json")
         assert code == 0, err
         json.loads(out)
     json.loads(run("discordance", demo, demo, "--json")[1])
+
+
+# ----------------------------------------------------------------------------- across runs (real fake-backend runs)
+
+# Student's t, 0.975 quantile (two-sided 95%), from printed tables
+T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 6: 2.4469, 10: 2.2281, 30: 2.0423, 120: 1.9799}
+
+
+def test_t_quantile_and_seed_stats():
+    for df, want in T975.items():
+        assert metrics.t_quantile(0.95, df) == pytest.approx(want, abs=1e-4)
+    assert metrics.t_quantile(0.90, 5) == pytest.approx(2.0150, abs=1e-4)
+    st = metrics.seed_stats([0.2, None, 0.3, 0.4])
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)
+    assert st["n"] == 3 and st["mean"] == pytest.approx(0.3) and st["std"] == pytest.approx(0.1)
+    assert (st["min"], st["max"]) == (0.2, 0.4)
+    assert st["low"] == pytest.approx(0.3 - half) and st["high"] == pytest.approx(0.3 + half)
+    one = metrics.seed_stats([0.25])
+    assert one["mean"] == 0.25 and one["std"] is one["low"] is one["high"] is None
+    assert metrics.seed_stats([None])["n"] == 0
+    assert metrics.pearson([1, 2, 3], [1, 1, 1]) is None and metrics.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == 1.0
+    assert metrics.fisher_interval(0.5, 3) == (None, None)
+    lo, hi = metrics.fisher_interval(0.5, 30)
+    assert lo < 0.5 < hi and hi - 0.5 < 0.5 - lo          # skewed towards 0
+
+
+def fake_run(tmp, out, **sections):
+    """results.h5 of run() on the fake backend (tests/fakes.py): real files in milliseconds."""
+    from randopt_hpc.comm import SerialComm, StopFlag
+    from randopt_hpc.config import load_config
+    from randopt_hpc.data import load_examples
+    from randopt_hpc.environment import Environment
+    from randopt_hpc.run import run as run_job
+    from tests.fakes import FakeBackend, fake_config, quiet_log
+
+    cfg = load_config(str(fake_config(tmp, out, **sections)), [])
+    train, test = load_examples(cfg)
+    run_job(cfg, SerialComm(), Environment.from_os({}), quiet_log(), train, test, StopFlag(), backend=FakeBackend())
+    return tmp / out / "results.h5"
+
+
+@pytest.fixture(scope="module")
+def sweep_runs(tmp_path_factory):
+    """Scans (every candidate answers the test set) at N = 8 and 16, population seeds 0, 1, 2; and N = 16 at
+    another σ set, seeds 0 and 1."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    runs = {(n, s, "base"): fake_run(tmp, f"n{n}-s{s}", population={"size": n, "seed": s},
+                                     selection={"control_size": n})
+            for n in (8, 16) for s in (0, 1, 2)}
+    for s in (0, 1):
+        runs[(16, s, "wide")] = fake_run(tmp, f"wide-s{s}", population={"size": 16, "seed": s, "sigmas": [0.05]},
+                                         selection={"control_size": 16})
+    return runs
+
+
+def stored_accuracy(path, group, k):
+    with h5py.File(path) as f:
+        return float(f[f"ensemble/{group}/accuracy"][list(f[f"ensemble/{group}/k"][()]).index(k)])
+
+
+def test_merge_over_seeds_on_real_runs(sweep_runs):
+    files = [sweep_runs[(n, s, "base")] for n in (8, 16) for s in (0, 1, 2)]
+    d = run_json("merge", *files)
+    assert d["differing_keys"] == ["population.seed", "population.size", "selection.control_size"]
+    g = d["over_seeds"]
+    assert g["keys"] == ["population.size", "selection.control_size"] and "t(0.975, n−1)" in g["interval"]
+    assert [grp["seeds"] for grp in g["groups"]] == [[0, 1, 2], [0, 1, 2]]
+    assert [grp["N"] for grp in g["groups"]] == [8, 16]
+    for grp, n in zip(g["groups"], (8, 16)):
+        rows = {r["quantity"]: r for r in grp["rows"]}
+        assert list(rows)[:2] == ["base (greedy)", "best single"]
+        for k in (1, 3, 5):
+            top = [stored_accuracy(sweep_runs[(n, s, "base")], "selected", k) for s in (0, 1, 2)]
+            ctrl = [stored_accuracy(sweep_runs[(n, s, "base")], "control", k) for s in (0, 1, 2)]
+            r = rows[f"top-{k} vote"]
+            assert r["values"] == pytest.approx(top) and r["mean"] == pytest.approx(np.mean(top))
+            assert r["std"] == pytest.approx(np.std(top, ddof=1)) and (r["min"], r["max"]) == (min(top), max(top))
+            half = 4.302652729911275 * np.std(top, ddof=1) / math.sqrt(3)
+            assert (r["low"], r["high"]) == pytest.approx((np.mean(top) - half, np.mean(top) + half))
+            diff = rows[f"top-{k} − control-{k}"]
+            assert diff["values"] == pytest.approx(np.subtract(top, ctrl).tolist())
+            assert f"σ-matched control-{k} vote" in rows and f"top-{k} − σ-matched control-{k}" in rows
+    code, out, _ = run("merge", *files)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2 + 6 + 1 + 1 + 2 + 2 * len(g["groups"][0]["rows"])
+    assert lines[9].startswith("over population seeds") and "t(0.975, n−1)" in lines[9]
+    assert lines[10] == ("| population.size | selection.control_size | seeds | N | quantity | n | mean | std | min "
+                         "| max | 95% low | 95% high |")
+    assert lines[12].startswith("| 8 | 8 | 0 1 2 | 8 | base (greedy) | 3 | ")
+    code, out, _ = run("merge", "--over-seeds", "--csv", *files)
+    assert out.splitlines()[0] == ("population.size,selection.control_size,seeds,N,quantity,n,mean,std,min,max,"
+                                   "95% low,95% high")
+    assert len(out.splitlines()) == 1 + 2 * len(g["groups"][0]["rows"])
+    code, out, _ = run("merge", "--over-seeds", *files)
+    assert out.startswith("over population seeds")
+
+
+def test_merge_over_seeds_one_run_per_group_and_repeated_seeds(tmp_path, demo):
+    one = run_json("merge", make_results(tmp_path / "a", seed=0), make_results(tmp_path / "b", seed=1, ks=(1,)))
+    groups = one["over_seeds"]["groups"]
+    assert len(groups) == 2 and all(r["n"] == 1 and r["std"] is None and r["low"] is None
+                                    for grp in groups for r in grp["rows"] if r["mean"] is not None)
+    code, out, _ = run("merge", demo, demo)
+    assert code == 0 and "note: population.seed 0 appears more than once" in out
+
+
+def test_thicket_on_a_scan(sweep_runs, demo, tmp_path):
+    path = sweep_runs[(16, 0, "base")]
+    [d] = run_json("thicket", path)
+    with h5py.File(path) as f:
+        idx = f["ensemble/control/members"][()]
+        acc = f["ensemble/control/test_correct"][()].mean(axis=1)
+        base = f["base/test_correct"][()].mean()
+        score, sig = f["population/train_score"][()][idx], f["population/sigma"][()][idx]
+    assert d["scan"] and d["candidates"] == d["N"] == 16 and "every candidate" in d["source"]
+    assert d["base_test_acc"] == pytest.approx(base)
+
+    def ranks(x):
+        values = sorted(set(x.tolist()))
+        first = {v: sum(1 for y in x if y < v) for v in values}
+        return np.array([first[v] + (np.sum(x == v) + 1) / 2 for v in x])
+
+    for r in d["rows"]:
+        mask = np.ones(16, bool) if r["sigma"] == "all" else sig == r["sigma"]
+        assert r["n"] == mask.sum() and r["at_least_base"] == pytest.approx(np.mean(acc[mask] >= base - 1e-12))
+        assert r["above_base"] == pytest.approx(np.mean(acc[mask] > base + 1e-12))
+        assert r["best_test"] == pytest.approx(acc[mask].max())
+        assert r["at_least_low"] <= r["at_least_base"] <= r["at_least_high"]
+        assert r["pearson"] == pytest.approx(np.corrcoef(score[mask], acc[mask])[0, 1])
+        assert r["spearman"] == pytest.approx(np.corrcoef(ranks(score[mask]), ranks(acc[mask]))[0, 1])
+    code, out, _ = run("thicket", path)
+    assert code == 0 and "Pearson r [95%]" in out and out.splitlines()[1].endswith("every candidate (a scan run)")
+    [small] = run_json("thicket", demo)
+    assert not small["scan"] and small["source"].endswith("only the 4 control members of 6 candidates")
+    no_control = make_results(tmp_path / "no-control")
+    with h5py.File(no_control, "r+") as f:
+        del f["ensemble/control"]
+    code, _, err = run("thicket", no_control)
+    assert code == 2 and err.count("\n") == 1 and "selection.control_size = population.size" in err
+
+
+def test_titles_name_model_task_n_sigma_and_seed(sweep_runs):
+    path = sweep_runs[(8, 1, "base")]
+    [k] = run_json("kcurve", path)
+    assert k["title"] == "model model · countdown_qa · N=8 · σ 0.01, 0.02 · seed 1 · run n8-s1"
+    assert run("sigma", path)[1].splitlines()[0] == k["title"]
+
+
+def png(path) -> bytes:
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    return data
+
+
+def test_plot_several_runs(sweep_runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    base = [sweep_runs[(n, s, "base")] for n in (8, 16) for s in (0, 1, 2)]
+    paths = run_json("plot", *base, "--out", tmp_path / "n")
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["nscale.png", "kcurves.png"]
+    for p in paths:
+        png(p)
+    wide = [sweep_runs[(16, s, "wide")] for s in (0, 1)]
+    paths = run_json("plot", *base, *wide, "--out", tmp_path / "both", "--band", "ci")
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["nscale.png", "sigma.png", "kcurves.png"]
+    code, out, err = run("plot", *base[:3], "--out", tmp_path / "seeds")
+    assert code == 0 and out.splitlines() == [str(tmp_path / "seeds" / "kcurves.png")], err
+
+
+def test_sweep_series_families_and_titles(sweep_runs):
+    from tools import runfile, sweep
+
+    files = [sweep_runs[(n, s, "base")] for n in (8, 16) for s in (0, 1, 2)] + \
+        [sweep_runs[(16, s, "wide")] for s in (0, 1)]
+    recs = []
+    for p in files:
+        with runfile.open_results(str(p)) as f:
+            recs.append(sweep.record(f, str(p), with_curves=True))
+    g = sweep.group(recs)
+    n = sweep.sweep(g, sweep.SIZE)
+    # control_size = N in a scan rides along with N; the σ set makes a family of its own
+    assert n["along"] == ["selection.control_size"] and n["family_keys"] == ["population.sigmas"]
+    assert n["values"] == ["8", "16"] and len(n["families"]) == 2
+    sig = sweep.sweep(g, sweep.SIGMAS)
+    assert sig["values"] == ["[0.01, 0.02]", "[0.05]"]
+    assert sig["family_keys"] == ["population.size", "selection.control_size"] and len(sig["families"]) == 2
+    assert sweep.sweep(sweep.group(recs[:3]), sweep.SIZE) is None
+    assert sweep.describe(recs) == ("model model · countdown_qa · N=8–16 · σ 0.01, 0.02 | 0.05 · seeds 0 1 2 "
+                                    "(8 runs)")
+    lines = sweep.overlay(g)
+    assert [ln["label"] for ln in lines] == ["sigmas=[0.01, 0.02], size=8, control_size=8",
+                                             "sigmas=[0.01, 0.02], size=16, control_size=16",
+                                             "sigmas=[0.05], size=16, control_size=16"]
+    assert lines[0]["selected"]["k"] == [1, 2, 3, 4, 5] and lines[0]["control"]["k"] == [1, 2, 3, 4, 5]
+    assert lines[0]["selected"]["stats"][0]["n"] == 3
+
+
+def test_plot_refuses_runs_of_other_tasks_or_models(sweep_runs, tmp_path):
+    code, out, err = run("plot", sweep_runs[(8, 0, "base")], make_results(tmp_path / "cd"), "--out", tmp_path / "p")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "different tasks" in err
+    a = make_results(tmp_path / "m1", config={"model": {"path": "models/one"}})
+    b = make_results(tmp_path / "m2", config={"model": {"path": "/elsewhere/two/"}})
+    code, _, err = run("plot", a, b, "--out", tmp_path / "p")
+    assert code == 2 and err.count("\n") == 1 and "different models" in err and "one (" in err and "two (" in err
+    code, _, err = run("plot", a, a, "--samples-from", a, "--out", tmp_path / "p")
+    assert code == 2 and "--samples-from goes with one FILE" in err

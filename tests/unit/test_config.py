@@ -120,13 +120,23 @@ def test_bad_config_exits_2_with_one_line_and_keeps_results(base_cfg, overrides,
     assert hashlib.sha256((out / "results.h5").read_bytes()).hexdigest() == before
 
 
-@pytest.mark.parametrize("argv", [["population.size=3"], [], ["--help"]])
+@pytest.mark.parametrize("argv", [["population.size=3"], []])
 def test_a_config_file_comes_first(argv, capsys):
     from randopt_hpc import run
 
     assert run.main(argv) == 2
     assert capsys.readouterr().err.strip() == ("randopt_hpc: error: config: a config file comes first; usage: "
                                                "python -m randopt_hpc.run CONFIG.yaml [key=value ...]")
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_run_help_is_no_error(flag, capsys):
+    from randopt_hpc import run
+
+    assert run.main([flag]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: python -m randopt_hpc.run CONFIG.yaml [key=value ...]\n") and err == ""
+    assert "python -m randopt_hpc.config" in out
 
 
 def test_the_command_line_contract_in_a_real_process(base_cfg, tmp_path):

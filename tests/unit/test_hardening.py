@@ -123,7 +123,7 @@ def test_stale_temporaries_are_removed_at_start(reference, tmp_path):
     for name in ("run.yaml.tmp-vm-1", "results.h5.tmp-other-77"):
         (out / name).write_bytes(b"half")
     start(cfg_path)
-    assert sorted(p.name for p in out.iterdir()) == ["results.h5", "run.yaml", "shards"]
+    assert sorted(p.name for p in out.iterdir()) == ["results.h5", "run.yaml", "shards", "test-jobs.json"]
     assert_same_results(reference, out / "results.h5")
 
 

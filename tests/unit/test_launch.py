@@ -17,7 +17,8 @@ from randopt_hpc.environment import Environment
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "launch_gh200_dry_run.txt"
-GOLDEN_CMD = ["configs/gh200-countdown.yaml", "--sweep", "population.seed=[0,1,2]", "--nodes", "8",
+# 8 nodes from the config's slurm: section (the golden file is the same with --nodes 8)
+GOLDEN_CMD = ["configs/gh200-countdown.yaml", "--sweep", "population.seed=[0,1,2]",
               "--account", "a123", "--dry-run", "--python", "python"]
 SITES = ["cray-mpich", "local", "mpich", "openmpi"]
 
@@ -59,7 +60,8 @@ def test_dry_run_for_gh200_matches_golden_file_without_slurm(at_root, no_slurm, 
     assert "--kill-on-bad-exit=1" in out and "--mpi=" not in out       # Cray MPICH: Slurm's default
     assert "/tmp" not in out and "randopt-dry-run" not in out           # the stand-in folder is renamed
     assert err.splitlines() == [
-        "randopt_hpc.launch: note: model.path /scratch/models/Qwen2.5-3B-Instruct is not on this machine"]
+        "randopt_hpc.launch: note: not on this machine: model.path /scratch/models/Qwen2.5-3B-Instruct, task.data "
+        "/scratch/data/countdown.json; the model, tokenizer, data and memory checks are skipped"]
 
 
 def test_a_dry_run_that_submitit_refuses_says_why_in_one_line(tmp_path):
@@ -125,17 +127,28 @@ def test_sweep_is_the_product_with_the_first_key_slowest():
                    ["population.seed=1", "population.sigmas=[0.001, 0.002]"]]
     assert launch.point_dir("/r", 3, pts[3]) == "/r/003-seed-1_sigmas-0.001_0.002"
     assert launch.point_dir("/r", 0, ['task.name="countdown_qa"']) == "/r/000-name-countdown_qa"
+    # YAML 1.1 reads 1e-3 as a string: the override keeps it (the config reads it as a number), a listing shows it
+    pts = launch.parse_sweep(("population.sigmas=[1e-3,[1e-3,2e-3]]",))
+    assert pts == [['population.sigmas="1e-3"'], ['population.sigmas=["1e-3", "2e-3"]']]
+    assert [launch.shown(p[0]) for p in pts] == ["population.sigmas=0.001", "population.sigmas=[0.001, 0.002]"]
+    assert launch.point_dir("/r", 1, pts[1]) == "/r/001-sigmas-1e-3_2e-3"           # folders as before
+    assert load_config(DEMO, pts[1], check_paths=False).population.sigmas == (1e-3, 2e-3)
+    assert launch.shown('task.name="countdown_qa"') == 'task.name="countdown_qa"'
 
 
 @pytest.mark.parametrize("args,message", [
     (("--sweep", "population.seed=3"), "--sweep 'population.seed=3': expected KEY=[v1,v2,...]"),
     (("--sweep", "population.seed=[]"), "expected KEY=[v1,v2,...]"),
     (("--sweep", "population.seed=[1]", "--sweep", "population.seed=[2]"), "--sweep population.seed: given twice"),
-    (("--sweep", "population.sizes=[3]"), "population.sizes: unknown key; valid keys: population.size"),
+    (("--sweep", "population.sizes=[3]"), "population.sizes: unknown key"),
     (("--sweep", "population.size=[128,0]"), "population.size: must be in [1, 1,000,000], got 0"),
     (("--nodez", "2"), "No such option '--nodez'; valid options: --account,"),
     (("--site", "nowhere"), f"Invalid value for '--site': no site 'nowhere'; valid sites: {', '.join(SITES)}"),
     (("--nodes", "0"), "Invalid value for '--nodes'"),
+    (("--sweep", "slurm.nodes=[1,2]"), "--sweep slurm.nodes: a job array has one Slurm request"),
+    (("slurm.account=a;b",), "slurm.account: 'a;b' would be written into an #SBATCH line"),
+    (("--nodes", "40"), "slurm.nodes: 160 ranks (40 nodes × 4) for population.size 128: 32 ranks would have no "
+                        "candidate"),
 ])
 def test_bad_launches_fail_with_one_line_before_submitting(args, message, at_root, tmp_path, capsys):
     assert launch.main(["configs/demo.yaml", f"output.dir={tmp_path}/out", *args, "--dry-run"]) == 2
@@ -181,7 +194,7 @@ def test_a_folder_holding_another_run_is_refused_before_submitting(at_root, tmp_
     (out / "run.yaml").write_text(to_yaml(other))
     assert launch.main(["configs/demo.yaml", f"output.dir={out}", "--site", "local"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds a run with another config (population.seed: 5 there, 0 here)" in err
+    assert err.count("\n") == 1 and "holds a run with another config (population.seed: 5 there, 0 here" in err
     assert sorted(x.name for x in out.iterdir()) == ["run.yaml"]          # nothing written, nothing submitted
 
 
@@ -459,3 +472,70 @@ def test_gh200_sbatch_passes_config_overrides_and_python_as_given(site, python, 
          *stage, *overrides],
         [str(py), "-m", "randopt_hpc.requeue", "75"]]
     assert list(job.iterdir()) == []
+
+
+# randopt_hpc.check before every submission; the slurm: section and its flags; what a submission prints.
+
+def test_a_model_the_backend_cannot_run_is_refused_before_anything_is_written(tmp_path_factory, tmp_path, no_slurm,
+                                                                             capsys):
+    from tests.unit.test_check import GPT2, gpt2_model
+
+    out, model = tmp_path / "out", gpt2_model(tmp_path_factory)
+    capsys.readouterr()      # what building the model printed
+    args = [str(ROOT / "configs" / "gh200-countdown.yaml"), f"model.path={model}", "task.data=null",
+            f"output.dir={out}"]
+    for dry in (["--dry-run"], []):          # a real submission: refused before sbatch is looked for
+        assert launch.main([*args, *dry]) == 2
+        o, err = capsys.readouterr()
+        assert o == "" and len(err.splitlines()) == 1, err
+        assert err.startswith(f"randopt_hpc.launch: error: {GPT2} (supported: llama, ")
+        assert not out.exists()
+
+
+def test_the_slurm_section_is_the_request_and_flags_override_it(tmp_path, capsys):
+    args = [DEMO, f"output.dir={tmp_path}/out", "--folder", str(tmp_path / "s"), "--dry-run",
+            "slurm.nodes=2", "slurm.tasks_per_node=3", "slurm.time=30", "slurm.account=acct", "slurm.gpus_per_task=0"]
+    assert launch.main(args) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].endswith("one job, 6 MPI ranks each, site cray-mpich")
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=3", "#SBATCH --time=30", "#SBATCH --account=acct",
+                 "#SBATCH --cpus-per-task=72"):
+        assert line in lines, line
+    assert "--gpus-per-task" not in out
+    assert any(x.startswith("# memory per rank: weights 4.") for x in lines)        # models/demo is here
+    assert launch.main([*args, "--nodes", "5", "--account", "mine", "--gpus-per-task", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for line in ("#SBATCH --nodes=5", "#SBATCH --ntasks-per-node=3", "#SBATCH --account=mine",
+                 "#SBATCH --gpus-per-task=1"):
+        assert line in lines, line
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", "--dry-run", "--threads"]) == 2   # no such flag
+    assert launch.main([DEMO, f"output.dir={tmp_path}/out", "--dry-run", "runtime.threads=73"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "randopt_hpc.launch: error: runtime.threads: 73 threads per rank, but slurm.cpus_per_task gives each rank 72 "
+        "CPUs")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_submission_prints_each_jobs_real_log_paths(tmp_path, monkeypatch, capsys):
+    """sbatch and srun stand-ins on PATH: submitit's own submission, the job id the stand-in gives."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "sbatch").write_text('#!/bin/sh\necho "Submitted batch job 4242"\n')
+    (bin_ / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for exe in bin_.iterdir():
+        exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "out"
+    assert launch.main([DEMO, f"output.dir={out}", "--site", "local", "--gpus-per-task", "0", "--python", "python",
+                        "--sweep", "population.sigmas=[1e-2,[1e-2,2e-2]]"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"submitted job 4242_0: population.sigmas=0.01 -> {out}/000-sigmas-1e-2/results.h5",
+        f"  logs: {out}/slurm/4242_0/4242_0_0_log.out  {out}/slurm/4242_0/4242_0_0_log.err",
+        f"submitted job 4242_1: population.sigmas=[0.01, 0.02] -> {out}/001-sigmas-1e-2_2e-2/results.h5",
+        f"  logs: {out}/slurm/4242_1/4242_1_0_log.out  {out}/slurm/4242_1/4242_1_0_log.err",
+        f"progress: python -m randopt_hpc.status {out}"]
+    resolved = load_config(str(out / "slurm" / "configs" / "001.yaml"))
+    assert resolved.population.sigmas == (1e-2, 2e-2) and resolved.slurm.gpus_per_task == 0   # the request it ran
+

@@ -181,16 +181,18 @@ def test_perturb_starts_from_the_base_whatever_the_param_holds():
 
 
 def test_select_names():
+    from randopt_hpc.population import select_names
+
     names = ["embed.weight", "layers.0.attn.q.weight", "layers.0.attn.q.bias",
              "layers.0.mlp.up.weight", "norm.weight", "lm_head.weight"]
-    assert N.select_names(names, [], []) == names
-    assert N.select_names(names, [r"layers\.\d+\."], []) == names[1:4]
-    assert N.select_names(names, [r"attn", r"^embed"], []) == names[:3]
-    assert N.select_names(names, [], [r"bias$", r"norm"]) == [
+    assert select_names(names, [], []) == names
+    assert select_names(names, [r"layers\.\d+\."], []) == names[1:4]
+    assert select_names(names, [r"attn", r"^embed"], []) == names[:3]
+    assert select_names(names, [], [r"bias$", r"norm"]) == [
         "embed.weight", "layers.0.attn.q.weight", "layers.0.mlp.up.weight", "lm_head.weight"]
-    assert N.select_names(names, [r"layers"], [r"bias$"]) == ["layers.0.attn.q.weight", "layers.0.mlp.up.weight"]
-    assert N.select_names(list(reversed(names)), [r"weight"], []) == [n for n in reversed(names) if "weight" in n]
-    assert N.select_names(names, [r"nomatch"], []) == []
+    assert select_names(names, [r"layers"], [r"bias$"]) == ["layers.0.attn.q.weight", "layers.0.mlp.up.weight"]
+    assert select_names(list(reversed(names)), [r"weight"], []) == [n for n in reversed(names) if "weight" in n]
+    assert select_names(names, [r"nomatch"], []) == []
 
 
 @pytest.mark.slow   # a fresh interpreter importing torch: seconds

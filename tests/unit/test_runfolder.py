@@ -64,7 +64,7 @@ def test_states_of_a_folder(tmp_path):
     folder.prepare(c)
     assert folder.state(c) == RESUME
     assert from_dict(folder.read_config()) == c
-    with pytest.raises(ConfigError, match=r"holds a run with another config \(population.seed: 0 there, 5 here\)"):
+    with pytest.raises(ConfigError, match=r"holds a run with another config \(population.seed: 0 there, 5 here;"):
         folder.state(cfg(tmp_path, population__seed=5))
     # Only a results file that reads back as this config's counts as finished (tests/unit/test_run.py
     # writes real ones); an empty one is rebuilt.

@@ -1,0 +1,83 @@
+"""What growing a run saves: a fresh run at N against the same run at N/2 grown to N, and a K added afterwards.
+
+    python bench/bench_grow.py [CONFIG] [--n 64] [--ranks 2] [--add-k 3] [--out runs/bench-grow]
+
+Runs `mpiexec -n RANKS python -m randopt_hpc.run CONFIG` four times, one after the other (fresh N; N/2 in
+another folder; that folder at N; then with K added), prints each one's wall time and what it computed
+(from its log), and checks that the grown folder's results equal the fresh run's (`comparable()`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(config: str, ranks: int, overrides: list[str], log: str) -> float:
+    mpiexec = shutil.which("mpiexec") or sys.exit("bench_grow: mpiexec not found on PATH")
+    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "randopt_hpc.run", config, *overrides]
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if code:
+        sys.exit(f"bench_grow: {' '.join(cmd)} exited {code}; see {log}")
+    return time.perf_counter() - t0
+
+
+def computed(log: str) -> str:
+    """What a run evaluated, from its log: candidates done before it started, and the test jobs it found done."""
+    text = open(log, encoding="utf-8").read()
+    mine = re.findall(r"(\d+) candidates of (\d+) are mine, (\d+) already done", text)
+    new = sum(int(m[0]) - int(m[2]) for m in mine)
+    jobs = re.findall(r"test answers: jobs (\d+)/(\d+)", text)
+    first, total = (int(jobs[0][0]), int(jobs[0][1])) if jobs else (0, 0)
+    return f"{new} candidates evaluated, {total - first} of {total} test jobs answered"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config", nargs="?", default="configs/demo.yaml")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--add-k", type=int, default=3)
+    p.add_argument("--out", default="runs/bench-grow")
+    a = p.parse_args()
+    out = os.path.join(ROOT, a.out)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    fresh, grown = os.path.join(out, "fresh"), os.path.join(out, "grown")
+    from randopt_hpc.config import load_config
+
+    ks = sorted(set(load_config(os.path.join(ROOT, a.config), check_paths=False).selection.top_k) | {a.add_k})
+    steps = [("fresh", fresh, [f"population.size={a.n}"]),
+             (f"N={a.n // 2}", grown, [f"population.size={a.n // 2}"]),
+             (f"grown to N={a.n}", grown, [f"population.size={a.n}"]),
+             (f"K={a.add_k} added", grown, [f"population.size={a.n}", f"selection.top_k={ks}"])]
+    print(f"# bench_grow: {a.config}, {a.ranks} ranks, N={a.n}")
+    walls = {}
+    for name, folder, overrides in steps:
+        log = os.path.join(out, re.sub(r"\W+", "-", name) + ".log")
+        walls[name] = run(a.config, a.ranks, [*overrides, f"output.dir={folder}", "output.overwrite=false"], log)
+        print(f"{name:<18} {walls[name]:7.1f} s   {computed(log)}")
+        if name.startswith("grown"):
+            import numpy as np
+
+            from randopt_hpc.results import comparable
+
+            x, y = comparable(os.path.join(fresh, "results.h5")), comparable(os.path.join(grown, "results.h5"))
+            same = sorted(x) == sorted(y) and all(np.array_equal(x[k], y[k]) for k in x)
+            print(f"grown results equal to the fresh run's (comparable()): {same}")
+            if not same:
+                sys.exit(1)
+    ratio = walls[f"grown to N={a.n}"] / walls["fresh"]
+    print(f"growing N={a.n // 2} -> {a.n} took {ratio:.2f} of a fresh N={a.n} run")
+
+
+if __name__ == "__main__":
+    main()

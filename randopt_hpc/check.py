@@ -1,0 +1,422 @@
+"""Check a config against its model, data and Slurm request before anything starts:
+`python -m randopt_hpc.check CONFIG [key=value ...] [--gpu-gib G]`.
+
+What it reads, with plain file reads and no torch, transformers or vLLM import: the model folder
+(modelcheck), config.json and the safetensors headers against the backend's layouts (randopt_hpc.tp for
+vLLM: the checks its worker makes at start-up), the chat template, the task data (randopt_hpc.data), the
+memory per rank (weights, pristine copy, KV cache) and the `slurm:` request against the rest of the config.
+Prints the memory estimate and `check: ok`, or one line per problem on stderr and exits 2. `launch` runs it
+before every submission, `run` its model part before MPI starts (run.preflight).
+
+Not checked: whether the installed transformers knows an architecture for backend hf (its table of model
+types takes seconds to import), the cluster's host memory, and what vLLM itself refuses beyond randopt_hpc.tp.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import struct
+import sys
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from randopt_hpc.backends.vllm_checkpoint import checkpoint_files
+from randopt_hpc.config import ConfigError, load_config
+from randopt_hpc.modelcheck import check_model
+from randopt_hpc.population import select_names
+
+GIB = 1 << 30
+GH200_GIB = 89.4          # a GH200's 96 GB of HBM3 as CUDA reports it (tools/memory_table.py)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+CHAT_TOKENS = 64          # assumed: what a chat template adds around a prompt (roles, markers, system line)
+TIED_BY_DEFAULT = ("gemma", "gemma2", "gemma3_text")   # transformers' default when config.json leaves it out
+
+
+def per_rank(params: float, tp: int, pristine: str, dtype_bytes: int = 2, hbm_gbs: float = 4000,
+             c2c_gbs: float = 450, selected: float | None = None) -> dict:
+    """Bytes on the GPU and in host memory per rank, and seconds per restore, for `params` parameters of
+    which `selected` (default: all) are perturbed and so kept in the pristine copy."""
+    shard = params * dtype_bytes / tp
+    copy = shard if selected is None else selected * dtype_bytes / tp
+    if pristine == "device":
+        return {"gpu": shard + copy, "host": 0.0, "restore_s": 2 * copy / (hbm_gbs * 1e9)}
+    if pristine == "host":
+        return {"gpu": shard, "host": copy, "restore_s": copy / (c2c_gbs * 1e9)}
+    raise ValueError(f"pristine must be device or host, not {pristine!r}")
+
+
+# ------------------------------------------------------------------ the model folder
+
+@dataclass(frozen=True)
+class Model:
+    config: dict                            # config.json
+    tensors: dict[str, tuple[int, ...]]     # checkpoint tensor -> shape, from the files the backends load
+
+
+def read_model(path: str) -> Model:
+    """config.json and the safetensors headers (never tensor data) of a folder check_model passed."""
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    tensors: dict[str, tuple[int, ...]] = {}
+    for file in checkpoint_files(path):
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        tensors.update((k, tuple(v["shape"])) for k, v in header.items() if k != "__metadata__")
+    return Model(config, tensors)
+
+
+def has_chat_template(path: str) -> bool:
+    """Where transformers finds one: tokenizer_config.json, chat_template.jinja/.json, additional_chat_templates/."""
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            if (json.load(f) or {}).get("chat_template"):
+                return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    if any(os.path.isfile(p) and os.path.getsize(p) for p in
+           (os.path.join(path, "chat_template.jinja"), os.path.join(path, "chat_template.json"))):
+        return True
+    extra = os.path.join(path, "additional_chat_templates")
+    return os.path.isdir(extra) and any(n.endswith(".jinja") for n in os.listdir(extra))
+
+
+def layout_problems(cfg, model: Model) -> list[str]:
+    """What the backend refuses at start-up about this checkpoint (the vLLM worker's checks, offline)."""
+    selected = select_names(list(model.tensors), cfg.population.include, cfg.population.exclude)
+    if not selected:
+        return [f"population.include: with population.exclude, it selects no tensor of the checkpoint in "
+                f"{cfg.model.path}"]
+    if cfg.backend != "vllm":
+        return []
+    from randopt_hpc import tp
+
+    hf = SimpleNamespace(**{"tie_word_embeddings": model.config.get("model_type") in TIED_BY_DEFAULT,
+                            **model.config})
+    try:
+        shape = tp.ModelShape.from_hf_config(hf)
+    except AttributeError as e:
+        return [f"backend: vllm: config.json of {cfg.model.path} has no {e.name}"]
+    except ValueError as e:   # an architecture, or a variant or quantization of one, the mapping does not know
+        return [f"backend: vllm: {e}; backend hf runs any model transformers loads"]
+    stray = sorted(set(selected) - tp.checkpoint_tensors(shape))
+    if stray:   # the HF backend would perturb these; the vLLM worker refuses to skip them
+        return [f"backend: vllm: checkpoint tensors with no known place in vLLM's model (model_type {shape.arch}): "
+                f"{', '.join(stray[:5])}; select others with population.include/exclude"]
+    for name in selected:
+        want = tp.source_shape(name, shape)
+        if model.tensors[name] != want:
+            return [f"backend: vllm: tensor {name} of {cfg.model.path} has shape {list(model.tensors[name])}, but "
+                    f"config.json makes it {list(want)}"]
+    return []
+
+
+def model_problems(cfg) -> tuple[list[str], Model | None]:
+    """The model folder's files, its layout for the backend and its chat template: file reads only
+    (milliseconds), so every rank runs them before MPI starts."""
+    try:
+        check_model(cfg.model.path)
+        model = read_model(cfg.model.path)
+    except ValueError as e:   # ModelError; checkpoint_files' refusals
+        return [str(e)], None
+    out = layout_problems(cfg, model)
+    if cfg.model.chat is True and not has_chat_template(cfg.model.path):
+        out.append(f"model.chat: true, but the tokenizer of {cfg.model.path} has no chat template (tokenizer_config."
+                   "json's chat_template, chat_template.jinja or chat_template.json); set model.chat: false or auto")
+    return out, model
+
+
+# ------------------------------------------------------------------ memory
+
+def kv_bytes_per_token(config: dict, dtype_bytes: int, tp: int = 1) -> int | None:
+    """2 (K and V) × layers × K/V heads on one rank × head_dim × bytes; None when config.json lacks the sizes."""
+    c = config["text_config"] if isinstance(config.get("text_config"), dict) else config
+    layers, heads = c.get("num_hidden_layers") or c.get("n_layer"), c.get("num_attention_heads") or c.get("n_head")
+    hidden = c.get("hidden_size") or c.get("n_embd")
+    if not all(isinstance(v, int) and v > 0 for v in (layers, heads)):
+        return None
+    kv = c.get("num_key_value_heads") or heads
+    head_dim = c.get("head_dim") or (hidden // heads if isinstance(hidden, int) else None)
+    # vLLM splits the K/V heads over the TP ranks, and replicates them when there are fewer than tp.
+    return 2 * layers * max(1, kv // tp) * head_dim * dtype_bytes if head_dim else None
+
+
+def prompt_tokens(cfg, examples) -> tuple[int, str]:
+    """The longest prompt in tokens (tokenizer.json through the tokenizers library; else UTF-8 bytes, at most one
+    token each in a byte-level tokenizer), plus CHAT_TOKENS when the chat template is used; and how it was counted."""
+    from randopt_hpc.backends.base import use_chat
+
+    path = cfg.model.path
+    chat = use_chat(cfg.model.chat, os.path.basename(os.path.normpath(path)), has_chat_template(path))
+    texts = sorted({("\n".join(c for _, c in ex.messages) + ex.response_prefix) if chat else ex.prompt
+                    for ex in examples}, key=len, reverse=True)[:16]
+    if not texts:
+        return 0, "no prompts"
+    try:
+        tok = _tokenizer(os.path.join(path, "tokenizer.json"), _stamp([os.path.join(path, "tokenizer.json")]))
+        n, how = max(len(e.ids) for e in tok.encode_batch(texts)), "tokens"
+    except Exception:   # no tokenizer.json, no tokenizers library, or one it cannot read: count bytes
+        n, how = max(len(t.encode()) for t in texts), "UTF-8 bytes"
+    return n + (CHAT_TOKENS if chat else 0), how + (f", chat template +{CHAT_TOKENS}" if chat else "")
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str, stamp):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def _stamp(paths) -> tuple:
+    """Sizes and times of files, so that a cache of what was read from them notices a change."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((p, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((p, None))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Memory:   # bytes per rank (per GPU with TP); needed is None when config.json lacks the attention sizes
+    weights: float
+    pristine: float
+    pristine_at: str        # device | host
+    available: float        # for the KV cache
+    needed: float | None    # by `sequences` sequences of `tokens` tokens
+    sequences: int
+    tokens: int
+    basis: str              # how `available` is reached
+
+
+def memory(cfg, model: Model, prompt: int, *, gpu_gib: float, ranks_per_node: int, node_bytes: int) -> Memory:
+    """Per rank: weights P·b/tp, the pristine copy of the selected tensors (on the GPU or in host memory), and the
+    KV cache: what is left of the GPU (× vllm.gpu_memory_utilization for vLLM) or of the node's memory shared by
+    its ranks, or vllm.kv_cache_gib; needed by generation.batch_size sequences of the longest prompt (`prompt`
+    tokens) + generation.max_new_tokens, at most vllm.max_model_len, every layer full attention."""
+    b, vllm = DTYPE_BYTES[cfg.model.dtype], cfg.backend == "vllm"
+    tp = cfg.vllm.tensor_parallel_size if vllm else 1
+    count = lambda names: sum(math.prod(model.tensors[n]) for n in names)   # noqa: E731
+    selected = count(select_names(list(model.tensors), cfg.population.include, cfg.population.exclude))
+    # The HF backend keeps its pristine copy next to the weights; vLLM where vllm.pristine says.
+    at = cfg.vllm.pristine if vllm else "device"
+    params = count(model.tensors)
+    r = per_rank(params, tp, at, b, selected=selected)
+    weights, pristine = params * b / tp, selected * b / tp
+    on_gpu = cfg.runtime.device.startswith("cuda")
+    held = r["gpu"] if on_gpu else r["gpu"] + r["host"]   # what the KV cache shares its memory with
+    util = cfg.vllm.gpu_memory_utilization
+    if vllm and cfg.vllm.kv_cache_gib is not None:
+        available, basis = cfg.vllm.kv_cache_gib * GIB, "vllm.kv_cache_gib"
+    elif on_gpu:
+        share = (util if vllm else 1.0) * gpu_gib * GIB
+        available = share - held
+        basis = (f"{util:g} × {gpu_gib:g} GiB GPU (vllm.gpu_memory_utilization × --gpu-gib)" if vllm else
+                 f"{gpu_gib:g} GiB GPU (--gpu-gib)") + " - weights" + (" - pristine copy" if at == "device" else "")
+    else:
+        engines = ranks_per_node * tp
+        available = (util if vllm else 1.0) * node_bytes / engines - held
+        basis = (f"{util:g} × " if vllm else "") + f"{node_bytes / GIB:.1f} GiB of this machine / {engines} ranks " \
+            "(slurm.tasks_per_node) - weights - pristine copy"
+    kv = kv_bytes_per_token(model.config, b, tp)
+    tokens = prompt + cfg.generation.max_new_tokens
+    if vllm and cfg.vllm.max_model_len:
+        tokens = min(tokens, cfg.vllm.max_model_len)
+    needed = None if kv is None else kv * tokens * cfg.generation.batch_size
+    return Memory(weights, pristine, at, available, needed, cfg.generation.batch_size, tokens, basis)
+
+
+def memory_problem(cfg, m: Memory, gpu_gib: float) -> str | None:
+    if cfg.vllm.kv_cache_gib is not None and cfg.backend == "vllm" and cfg.runtime.device.startswith("cuda"):
+        total = m.weights + (m.pristine if m.pristine_at == "device" else 0) + m.available
+        if total > gpu_gib * GIB:
+            return (f"vllm.kv_cache_gib: {cfg.vllm.kv_cache_gib:g} GiB of KV cache next to {_gib(total - m.available)} "
+                    f"of weights and pristine copy is over the GPU's {gpu_gib:g} GiB (--gpu-gib)")
+    vllm, cuda = cfg.backend == "vllm", cfg.runtime.device.startswith("cuda")
+    if m.available <= 0:
+        key, fix = (("vllm.gpu_memory_utilization", "set vllm.pristine=host, raise vllm.tensor_parallel_size or use "
+                     "a smaller model") if vllm and cuda else ("model.dtype", "use a smaller dtype or model") if cuda
+                    else ("slurm.tasks_per_node", "run fewer ranks per node"))
+        return f"{key}: nothing is left for the KV cache ({m.basis} = {_gib(m.available)} per rank); {fix}"
+    if m.needed is not None and m.needed > m.available:
+        return (f"generation.batch_size: {m.sequences} sequences of {m.tokens} tokens need {_gib(m.needed)} of KV "
+                f"cache per rank, {_gib(m.available)} is available ({m.basis}); lower generation.batch_size"
+                + (" or raise vllm.tensor_parallel_size" if cfg.backend == "vllm" else ""))
+    return None
+
+
+def length_problem(cfg, model: Model, prompt: int, how: str) -> str | None:
+    """vLLM refuses a max_model_len over the model's, and a prompt that does not fit in it."""
+    if cfg.backend != "vllm":
+        return None
+    c = model.config["text_config"] if isinstance(model.config.get("text_config"), dict) else model.config
+    scaled = any(isinstance(c.get(k), dict) and "factor" in c[k] for k in ("rope_scaling", "rope_parameters"))
+    own = c.get("max_position_embeddings") if not scaled else None   # rope scaling: vLLM's own rules decide
+    limit = cfg.vllm.max_model_len or own
+    if cfg.vllm.max_model_len and isinstance(own, int) and cfg.vllm.max_model_len > own:
+        return f"vllm.max_model_len: {cfg.vllm.max_model_len} is over the model's max_position_embeddings ({own})"
+    if isinstance(limit, int) and how.startswith("tokens") and prompt >= limit:
+        return f"vllm.max_model_len: the longest prompt is {prompt} {how}, the model takes {limit}; vLLM refuses it"
+    return None
+
+
+def _gib(x: float) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", 1 << 20)):
+        if abs(x) >= size:
+            return f"{x / size:.{2 if abs(x) < 10 * size else 1}f} {unit}"
+    return f"{x / 1024:.1f} KiB"
+
+
+# ------------------------------------------------------------------ the Slurm request
+
+def slurm_problems(cfg, ranks: int | None = None) -> list[str]:
+    """The slurm: request against the rest of the config; `ranks` in place of slurm.nodes × tasks_per_node."""
+    s, rt = cfg.slurm, cfg.runtime
+    shape = f" ({s.nodes} nodes × {s.tasks_per_node})" if ranks is None else ""
+    ranks = s.nodes * s.tasks_per_node if ranks is None else ranks
+    cuda, tp = rt.device.startswith("cuda"), cfg.vllm.tensor_parallel_size
+    out = []
+    if ranks > cfg.population.size:
+        out.append(f"slurm.nodes: {ranks} ranks{shape} for population.size "
+                   f"{cfg.population.size}: {ranks - cfg.population.size} ranks would have no candidate; ask for "
+                   "fewer nodes or slurm.tasks_per_node")
+    if cuda and s.gpus_per_task == 0:
+        out.append(f"slurm.gpus_per_task: 0, but runtime.device is {rt.device}: the ranks would see no GPU")
+    elif cuda and cfg.backend == "vllm" and s.gpus_per_task != tp:
+        out.append(f"slurm.gpus_per_task: {s.gpus_per_task}, but vllm.tensor_parallel_size is {tp}: each rank's "
+                   "engine uses tensor_parallel_size GPUs; make them equal")
+    elif cuda and cfg.backend == "hf" and s.gpus_per_task > 1:
+        out.append(f"slurm.gpus_per_task: {s.gpus_per_task}, but backend hf runs each rank on one GPU; ask for 1")
+    elif cuda and ":" in rt.device and int(rt.device.split(":")[1]) >= s.gpus_per_task:
+        out.append(f"runtime.device: {rt.device}, but each rank sees {s.gpus_per_task} GPU(s) "
+                   "(slurm.gpus_per_task), numbered from 0; use cuda")
+    if rt.threads > s.cpus_per_task:
+        out.append(f"runtime.threads: {rt.threads} threads per rank, but slurm.cpus_per_task gives each rank "
+                   f"{s.cpus_per_task} CPUs")
+    return out
+
+
+# ------------------------------------------------------------------ everything
+
+def data_problems(cfg) -> tuple[list[str], list]:
+    """The task data as the run reads it (randopt_hpc.data.load_examples): its one-line refusal, or the examples."""
+    return _data(cfg.task, cfg.tasks, _stamp(t.data for t in cfg.all_tasks if t.data))
+
+
+@functools.lru_cache(maxsize=4)
+def _data(task, tasks, stamp) -> tuple[list[str], list]:
+    from randopt_hpc.data import load_examples
+
+    try:
+        train, test = load_examples(SimpleNamespace(task=task, tasks=tasks))   # it reads only these two
+    except ValueError as e:   # ConfigError: bad rows, too few problems, an unreadable file
+        return [str(e).splitlines()[0]], []
+    return [], train + test
+
+
+def node_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
+
+
+def _findings(cfg, gpu_gib: float):
+    names = sorted(os.listdir(cfg.model.path)) if os.path.isdir(cfg.model.path) else []
+    return _cached_findings(cfg, gpu_gib, _stamp(os.path.join(cfg.model.path, n) for n in names))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_findings(cfg, gpu_gib: float, stamp):
+    """(problems, Memory or None, prompt tokens, how counted) from the files; cached for problems + estimate."""
+    found, model = model_problems(cfg)
+    bad_data, examples = data_problems(cfg)
+    found = found + bad_data
+    if model is None or found:
+        return found, None, 0, ""
+    prompt, how = prompt_tokens(cfg, examples)
+    m = memory(cfg, model, prompt, gpu_gib=gpu_gib, ranks_per_node=cfg.slurm.tasks_per_node, node_bytes=node_memory())
+    found += [p for p in (length_problem(cfg, model, prompt, how), memory_problem(cfg, m, gpu_gib)) if p]
+    return found, m, prompt, how
+
+
+def problems(cfg, ranks: int | None = None, *, check_paths: bool = True, gpu_gib: float = GH200_GIB,
+             slurm: bool = True) -> list[str]:
+    """Every problem found, one line each, starting with the config field it concerns. check_paths=False
+    skips what needs model.path and task.data (files on another machine)."""
+    found = list(_findings(cfg, gpu_gib)[0]) if check_paths else []
+    return found + (slurm_problems(cfg, ranks) if slurm else [])
+
+
+def estimate(cfg, *, gpu_gib: float = GH200_GIB) -> list[str]:
+    """The memory per rank, and what it assumes; [] when the files say nothing (problems, or not here)."""
+    _, m, prompt, how = _findings(cfg, gpu_gib)
+    if m is None:
+        return []
+    kv = "not estimated (config.json lacks the attention sizes)" if m.needed is None else \
+        f"{_gib(m.needed)} needed for {m.sequences} sequences of {m.tokens} tokens"
+    where = "device" if m.pristine_at == "device" else "host memory"
+    lines = [f"memory per rank: weights {_gib(m.weights)}, pristine copy {_gib(m.pristine)} ({where}), "
+             f"KV cache {_gib(m.available)} available, {kv}",
+             f"memory basis: {m.basis}; a sequence is the longest prompt ({prompt} {how}) + "
+             "generation.max_new_tokens" + (", at most vllm.max_model_len" if cfg.backend == "vllm" else "")
+             + "; every layer full attention; activations not counted"]
+    return lines
+
+
+def missing_paths(cfg) -> list[str]:
+    """The config's files that are not on this machine ('model.path X', 'task.data Y')."""
+    out = [] if os.path.isdir(cfg.model.path) else [f"model.path {cfg.model.path}"]
+    return out + [f"task.data {t.data}" for t in cfg.all_tasks if t.data and not os.path.isfile(t.data)]
+
+
+SKIPPED = "the model, tokenizer, data and memory checks are skipped"
+
+
+def _command():
+    """The click command, built when main() runs: `run` imports this module for its preflight, not click."""
+    import click
+
+    from randopt_hpc import cli as cli_errors
+
+    @click.command(cls=cli_errors.Command, error_name="randopt_hpc.check",
+                   context_settings={"help_option_names": ["-h", "--help"]})
+    @click.argument("config", type=click.Path(dir_okay=False))
+    @click.argument("overrides", nargs=-1)
+    @click.option("--gpu-gib", default=GH200_GIB, show_default=True, type=click.FloatRange(0, 1e6, min_open=True),
+                  help="Memory of one GPU, GiB (GH200: 89.4).")
+    def check(config, overrides, gpu_gib):
+        """Check CONFIG (with key=value OVERRIDES) against its model, data and Slurm request."""
+        try:
+            cfg = load_config(config, list(overrides), check_paths=False)
+        except ConfigError as e:
+            raise SystemExit(cli_errors.fail("randopt_hpc.check", str(e))) from None
+        missing = missing_paths(cfg)
+        if missing:
+            click.echo(f"randopt_hpc.check: note: not on this machine: {', '.join(missing)}; {SKIPPED}", err=True)
+        found = problems(cfg, check_paths=not missing, gpu_gib=gpu_gib)
+        for p in found:
+            click.echo(f"randopt_hpc.check: {' '.join(p.split())}", err=True)
+        if found:
+            raise SystemExit(2)
+        for line in [] if missing else estimate(cfg, gpu_gib=gpu_gib):
+            click.echo(line)
+        s = cfg.slurm
+        click.echo(f"ranks: {s.nodes * s.tasks_per_node} ({s.nodes} node{'s' * (s.nodes > 1)} × {s.tasks_per_node})")
+        click.echo("check: ok")
+    return check
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _command().main(args=argv, prog_name="python -m randopt_hpc.check", standalone_mode=False)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
