@@ -53,11 +53,11 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
 
     def answer(jobs) -> None:   # what the shards lack (a grown test split: its new examples), appended at once
         for kind, key in jobs:
-            todo = done.missing(kind, key, examples(kind, key))
-            if todo:
+            missing = done.missing(kind, key, examples(kind, key))
+            if missing:
                 stop.check(f"{kind} {key} on the test set" if kind != "base" else f"the base model on {key}")
-                record = (ev.member(cands[key], todo) if kind == "member" else
-                          ev.sample(sampling(cfg, key), todo) if kind == "sample" else ev.base(key, todo))
+                record = (ev.member(cands[key], missing) if kind == "member" else
+                          ev.sample(sampling(cfg, key), missing) if kind == "sample" else ev.base(key, missing))
                 done.add(record)
                 shard.append(record)
 

@@ -1,8 +1,9 @@
 """Across runs: one record per results file, runs grouped over population seeds (`merge`), and the series the
 figures of `plot FILES...` draw (N-scaling, σ sweep, K-curves overlaid).
 
-A group is the runs whose configs are equal except for population.seed and the fields that cannot change a
-result (randopt_hpc.fingerprint.NON_RESULT_FIELDS: where a run writes, how it reports). Each reported test
+A group is the runs whose configs are equal except for population.seed, the fields that cannot change a
+result (randopt_hpc.fingerprint.NON_RESULT_FIELDS: where a run writes, how it reports) and the settings
+(fingerprint.SETTINGS: batch size, threads). Each reported test
 accuracy is averaged over the group's runs with its sample std, min–max and a 95% t-interval over seeds:
 mean ± t_{0.975, n−1}·s/√n (tools.metrics.seed_stats).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from randopt_hpc.fingerprint import NON_RESULT_FIELDS
+from randopt_hpc.fingerprint import NON_RESULT_FIELDS, SETTINGS
 from randopt_hpc.summary import GROUPS
 from tools import metrics, reports, runfile
 from tools.runfile import ResultsError
@@ -23,8 +24,9 @@ LABELS = {"selected": "top-{k}", "control": "control-{k}", "control_sigma": "σ-
 
 
 def ignored(key: str) -> bool:
-    """population.seed, and fields that change no result (a section name there stands for all its fields)."""
-    return key == SEED or key in NON_RESULT_FIELDS or key.split(".")[0] in NON_RESULT_FIELDS
+    """population.seed, fields that change no result (a section name there stands for all its fields) and the
+    settings a run may change on the way (batch size, threads)."""
+    return key == SEED or key in SETTINGS or key in NON_RESULT_FIELDS or key.split(".")[0] in NON_RESULT_FIELDS
 
 
 def quantities(f) -> list[dict]:
