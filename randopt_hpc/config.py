@@ -6,7 +6,6 @@ one line and exits 2, before MPI or any model is touched.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -14,9 +13,22 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad config value; the message names the field."""
+# ConfigError is imported from here everywhere: it lives with the checks that raise it.
+from randopt_hpc.configrules import (
+    MAX_BATCH,
+    MAX_EXAMPLES,
+    MAX_NEW_TOKENS,
+    MAX_NODES,
+    MAX_POPULATION,
+    MAX_SAMPLES,
+    MAX_TEMPERATURE,
+    MAX_THREADS,
+    ConfigError,
+    choice,
+    near,
+    require,
+    within,
+)
 
 
 @dataclass(frozen=True)
@@ -26,14 +38,14 @@ class ModelConfig:
     chat: str | bool = "auto"
 
     def validate(self, paths: bool = True) -> None:
-        _require(self.path != "", "model.path", "is required")
-        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        _require(self.chat == "auto" or isinstance(self.chat, bool), "model.chat",
+        require(self.path != "", "model.path", "is required")
+        choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        require(self.chat == "auto" or isinstance(self.chat, bool), "model.chat",
                  f"must be one of auto, true, false; got {self.chat!r}")
         if not paths:
             return
-        _require(os.path.isdir(self.path), "model.path", f"not a directory: {self.path}")
-        _require(os.path.isfile(os.path.join(self.path, "config.json")), "model.path",
+        require(os.path.isdir(self.path), "model.path", f"not a directory: {self.path}")
+        require(os.path.isfile(os.path.join(self.path, "config.json")), "model.path",
                  f"no config.json in {self.path} (expected a Hugging Face model folder)")
 
 
@@ -50,23 +62,23 @@ class TaskConfig:
     def validate(self, paths: bool = True, where: str = "task") -> None:
         from randopt_hpc.tasks import TASKS, task_class
 
-        _choice(f"{where}.name", self.name, tuple(sorted(TASKS)))
+        choice(f"{where}.name", self.name, tuple(sorted(TASKS)))
         task = task_class(self.name)
         if self.template is not None:
-            _require(task.takes_template, f"{where}.template", f"task {self.name} takes no prompt template")
+            require(task.takes_template, f"{where}.template", f"task {self.name} takes no prompt template")
             try:
                 task.check_template(self.template)
             except ValueError as e:
                 raise ConfigError(f"{where}.template: {e}") from None
         if self.prompt_style is not None:
             styles = getattr(task, "prompt_styles", ())
-            _require(bool(styles), f"{where}.prompt_style", f"task {self.name} has one prompt style; leave it null")
-            _choice(f"{where}.prompt_style", self.prompt_style, styles)
+            require(bool(styles), f"{where}.prompt_style", f"task {self.name} has one prompt style; leave it null")
+            choice(f"{where}.prompt_style", self.prompt_style, styles)
         if self.data is not None and paths:
-            _require(os.path.isfile(self.data), f"{where}.data", f"no such file: {self.data}")
-        _within(f"{where}.train_size", self.train_size, 1, MAX_EXAMPLES)
-        _within(f"{where}.test_size", self.test_size, 1, MAX_EXAMPLES)
-        _require(self.seed >= 0, f"{where}.seed", f"must be >= 0, got {self.seed}")
+            require(os.path.isfile(self.data), f"{where}.data", f"no such file: {self.data}")
+        within(f"{where}.train_size", self.train_size, 1, MAX_EXAMPLES)
+        within(f"{where}.test_size", self.test_size, 1, MAX_EXAMPLES)
+        require(self.seed >= 0, f"{where}.seed", f"must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -79,13 +91,13 @@ class PopulationConfig:
     exclude: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        _within("population.size", self.size, 1, MAX_POPULATION)
-        _require(0 <= self.seed < 2**63, "population.seed", f"must be in [0, 2**63), got {self.seed}")
-        _require(len(self.sigmas) >= 1, "population.sigmas", "must list at least one sigma")
+        within("population.size", self.size, 1, MAX_POPULATION)
+        require(0 <= self.seed < 2**63, "population.seed", f"must be in [0, 2**63), got {self.seed}")
+        require(len(self.sigmas) >= 1, "population.sigmas", "must list at least one sigma")
         for s in self.sigmas:
-            _require(s > 0 and s == s and s != float("inf"), "population.sigmas",
+            require(s > 0 and s == s and s != float("inf"), "population.sigmas",
                      f"each sigma must be > 0 and finite, got {s}")
-        _choice("population.sigma_assignment", self.sigma_assignment, ("random", "blocked"))
+        choice("population.sigma_assignment", self.sigma_assignment, ("random", "blocked"))
         for key in ("include", "exclude"):
             for pattern in getattr(self, key):
                 try:
@@ -104,15 +116,15 @@ class SelectionConfig:
     def validate(self, n: int, tasks: tuple = ()) -> None:
         names = [t.name for t in tasks]
         if self.task is not None:
-            _require(len(names) > 1, "selection.task", "names a task only when `task` lists several; leave it null")
-            _choice("selection.task", self.task, tuple(names))
-        _require(len(self.top_k) >= 1, "selection.top_k", "must list at least one K")
+            require(len(names) > 1, "selection.task", "names a task only when `task` lists several; leave it null")
+            choice("selection.task", self.task, tuple(names))
+        require(len(self.top_k) >= 1, "selection.top_k", "must list at least one K")
         for k in self.top_k:
-            _require(1 <= k <= n, "selection.top_k", f"each K must be in [1, population.size={n}], got {k}")
-        _require(len(set(self.top_k)) == len(self.top_k), "selection.top_k", f"duplicate K in {list(self.top_k)}")
+            require(1 <= k <= n, "selection.top_k", f"each K must be in [1, population.size={n}], got {k}")
+        require(len(set(self.top_k)) == len(self.top_k), "selection.top_k", f"duplicate K in {list(self.top_k)}")
         if self.control_size is not None:
-            _within("selection.control_size", self.control_size, max(self.top_k), n)
-            _require(self.control, "selection.control_size", "sizes the control; it needs selection.control: true")
+            within("selection.control_size", self.control_size, max(self.top_k), n)
+            require(self.control, "selection.control_size", "sizes the control; it needs selection.control: true")
 
 
 @dataclass(frozen=True)
@@ -125,13 +137,13 @@ class GenerationConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        _within("generation.max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
-        _within("generation.batch_size", self.batch_size, 1, MAX_BATCH)
-        _within("generation.samples", self.samples, 0, MAX_SAMPLES)
-        _require(0 < self.temperature <= MAX_TEMPERATURE, "generation.temperature",
+        within("generation.max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        within("generation.batch_size", self.batch_size, 1, MAX_BATCH)
+        within("generation.samples", self.samples, 0, MAX_SAMPLES)
+        require(0 < self.temperature <= MAX_TEMPERATURE, "generation.temperature",
                  f"must be in (0, {MAX_TEMPERATURE:g}], got {self.temperature}")
-        _require(0 < self.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {self.top_p}")
-        _require(0 <= self.seed < 2**63, "generation.seed", f"must be in [0, 2**63), got {self.seed}")
+        require(0 < self.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {self.top_p}")
+        require(0 <= self.seed < 2**63, "generation.seed", f"must be in [0, 2**63), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -141,8 +153,8 @@ class OutputConfig:
     save_text: bool = False          # off: raw completions of every candidate and member are large at scale
 
     def validate(self) -> None:
-        _require(self.dir != "", "output.dir", "is required")
-        _require(not os.path.isfile(self.dir), "output.dir", f"is a file: {self.dir}")
+        require(self.dir != "", "output.dir", "is required")
+        require(not os.path.isfile(self.dir), "output.dir", f"is a file: {self.dir}")
 
 
 @dataclass(frozen=True)
@@ -156,15 +168,15 @@ class RuntimeConfig:
     stop_grace_s: float = 60.0
 
     def validate(self) -> None:
-        _choice("runtime.comm", self.comm, ("auto", "mpi", "serial"))
-        _within("runtime.threads", self.threads, 1, MAX_THREADS)
-        _require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "runtime.device",
+        choice("runtime.comm", self.comm, ("auto", "mpi", "serial"))
+        within("runtime.threads", self.threads, 1, MAX_THREADS)
+        require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "runtime.device",
                  f"must be cpu, cuda or cuda:N, got {self.device!r}")
-        _choice("runtime.noise_impl", self.noise_impl, ("auto", "torch", "numba"))
-        _require(self.progress_every_s > 0, "runtime.progress_every_s", "must be > 0")
-        _require(self.stage_dir is None or bool(self.stage_dir.strip()), "runtime.stage_dir",
+        choice("runtime.noise_impl", self.noise_impl, ("auto", "torch", "numba"))
+        require(self.progress_every_s > 0, "runtime.progress_every_s", "must be > 0")
+        require(self.stage_dir is None or bool(self.stage_dir.strip()), "runtime.stage_dir",
                  "must be a folder or null, got an empty string")
-        _require(self.stop_grace_s >= 0, "runtime.stop_grace_s", f"must be >= 0, got {self.stop_grace_s}")
+        require(self.stop_grace_s >= 0, "runtime.stop_grace_s", f"must be >= 0, got {self.stop_grace_s}")
 
 
 @dataclass(frozen=True)
@@ -178,16 +190,16 @@ class VLLMConfig:
     MAX_KV_CACHE_GIB = 1 << 20             # not a field: a PiB; anything larger is a unit mistake (bytes for GiB)
 
     def validate(self) -> None:
-        _require(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size",
+        require(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size",
                  f"must be >= 1, got {self.tensor_parallel_size}")
-        _require(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
+        require(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
                  f"must be in (0, 1], got {self.gpu_memory_utilization}")
-        _require(self.max_model_len is None or self.max_model_len >= 1, "vllm.max_model_len",
+        require(self.max_model_len is None or self.max_model_len >= 1, "vllm.max_model_len",
                  f"must be >= 1 or null, got {self.max_model_len}")
         top = self.MAX_KV_CACHE_GIB
-        _require(self.kv_cache_gib is None or 0 < self.kv_cache_gib <= top, "vllm.kv_cache_gib",
+        require(self.kv_cache_gib is None or 0 < self.kv_cache_gib <= top, "vllm.kv_cache_gib",
                  f"must be in (0, {top:,}] GiB or null, got {self.kv_cache_gib}")
-        _choice("vllm.pristine", self.pristine, ("device", "host"))
+        choice("vllm.pristine", self.pristine, ("device", "host"))
 
 
 @dataclass(frozen=True)
@@ -204,11 +216,11 @@ class SlurmConfig:
     qos: str = ""
 
     def validate(self) -> None:
-        _within("slurm.nodes", self.nodes, 1, MAX_NODES)
-        _within("slurm.tasks_per_node", self.tasks_per_node, 1, MAX_THREADS)
-        _within("slurm.gpus_per_task", self.gpus_per_task, 0, 64)
-        _within("slurm.cpus_per_task", self.cpus_per_task, 1, MAX_THREADS)
-        _within("slurm.time", self.time, 1, 60 * 24 * 366)
+        within("slurm.nodes", self.nodes, 1, MAX_NODES)
+        within("slurm.tasks_per_node", self.tasks_per_node, 1, MAX_THREADS)
+        within("slurm.gpus_per_task", self.gpus_per_task, 0, 64)
+        within("slurm.cpus_per_task", self.cpus_per_task, 1, MAX_THREADS)
+        within("slurm.time", self.time, 1, 60 * 24 * 366)
 
 
 @dataclass(frozen=True)
@@ -231,14 +243,14 @@ class Config:
         self.model.validate(paths)
         from randopt_hpc.backends import BACKENDS
 
-        _choice("backend", self.backend, tuple(BACKENDS))
+        choice("backend", self.backend, tuple(BACKENDS))
         if self.tasks:
-            _require(self.tasks[0] == self.task, "task", "with several tasks, `task` is the first of `tasks`")
+            require(self.tasks[0] == self.task, "task", "with several tasks, `task` is the first of `tasks`")
             for i, t in enumerate(self.tasks):
                 t.validate(paths, f"task[{i}]")
             names = [t.name for t in self.tasks]
             dup = next((n for n in names if names.count(n) > 1), None)
-            _require(dup is None, "task", f"task {dup} is listed twice; each task once")
+            require(dup is None, "task", f"task {dup} is listed twice; each task once")
         else:
             self.task.validate(paths)
         self.population.validate()
@@ -257,37 +269,6 @@ class Config:
     @property
     def k_max(self) -> int:
         return max(self.selection.top_k)
-
-
-# Bounds checked before any work: a value past them is a typo or an attack, and would otherwise cost hours,
-# gigabytes or a crash before anything else is said (the paper's largest N is 5000, its splits 200/2000).
-MAX_POPULATION = 1_000_000
-MAX_EXAMPLES = 1_000_000
-MAX_NEW_TOKENS = 1_000_000
-MAX_BATCH = 100_000
-MAX_THREADS = 4096
-MAX_NODES = 100_000
-MAX_SAMPLES = 100_000
-MAX_TEMPERATURE = 100.0
-
-
-def _within(name: str, value: int, lo: int, hi: int) -> None:
-    _require(lo <= value <= hi, name, f"must be in [{lo}, {hi:,}], got {value:,}")
-
-
-def _require(ok: bool, name: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}: {problem}")
-
-
-def _choice(name: str, value: Any, valid: tuple) -> None:
-    _require(value in valid, name, f"must be one of {', '.join(map(str, valid))}; got {value!r}{_near(value, valid)}")
-
-
-def _near(word: Any, valid, prefix: str = "") -> str:
-    """`; did you mean X?` for a near miss of one of `valid`, else nothing."""
-    near = difflib.get_close_matches(word, [str(v) for v in valid], n=1) if isinstance(word, str) else []
-    return f"; did you mean {prefix}{near[0]}?" if near else ""
 
 
 # ---------------------------------------------------------------- building from YAML and overrides
@@ -347,8 +328,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key, value in data.items():
         name = f"{prefix}{key}"
         if key not in valid:
-            near = _near(key, valid, prefix) or ";"   # on the key alone: a shared prefix is no likeness
-            raise ConfigError(f"{name}: unknown key{near} valid keys: {', '.join(prefix + v for v in valid)}")
+            hint = near(key, valid, prefix) or ";"   # on the key alone: a shared prefix is no likeness
+            raise ConfigError(f"{name}: unknown key{hint} valid keys: {', '.join(prefix + v for v in valid)}")
         typ = hints[key]
         if cls is Config and key == "task" and isinstance(value, list):   # several tasks on one population
             if not value:

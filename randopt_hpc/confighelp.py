@@ -7,7 +7,6 @@ meanings are written by hand, here, and a test fails for a field without one.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import shutil
 import sys
@@ -17,6 +16,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from randopt_hpc.config import Config
+from randopt_hpc.configrules import near
 
 PROG = "randopt_hpc.config"
 USAGE = "usage: python -m randopt_hpc.config [--markdown] [PREFIX]"
@@ -252,8 +252,7 @@ def _near(prefix: str) -> str:
         pool, word, head = [k.name.partition(".")[2] for k in keys() if k.name.startswith(section + ".")], rest, section
     else:
         pool, word, head = sections(), prefix, ""
-    near = difflib.get_close_matches(word, pool, n=1)
-    return f"; did you mean {head + '.' if head else ''}{near[0]}?" if near else ";"
+    return near(word, pool, head + "." if head else "") or ";"
 
 
 def _fail(message: str) -> int:

@@ -347,3 +347,18 @@ def _check_stop_ids(path: str) -> None:
         eos_ids(os.path.join(path, rel))
     except ValueError as e:
         raise ModelError(os.path.join(path, rel), str(e)) from None
+
+
+def has_chat_template(path: str) -> bool:
+    """Where transformers finds one: tokenizer_config.json, chat_template.jinja/.json, additional_chat_templates/."""
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            if (json.load(f) or {}).get("chat_template"):
+                return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    if any(os.path.isfile(p) and os.path.getsize(p) for p in
+           (os.path.join(path, "chat_template.jinja"), os.path.join(path, "chat_template.json"))):
+        return True
+    extra = os.path.join(path, "additional_chat_templates")
+    return os.path.isdir(extra) and any(n.endswith(".jinja") for n in os.listdir(extra))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 # One copy of the formula: randopt_hpc.check applies it to a config's own model (python -m randopt_hpc.check).
-from randopt_hpc.check import GIB, per_rank
+from randopt_hpc.memplan import GIB, per_rank
 
 __all__ = ["GIB", "MODELS", "per_rank", "table"]
 

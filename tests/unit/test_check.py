@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from randopt_hpc import check, run
+from randopt_hpc import check, memplan, run
 from randopt_hpc.config import load_config
 from tests.archs import arch_model
 from tests.conftest import ROOT, child_env
@@ -163,16 +163,17 @@ def test_memory_of_qwen25_3b_from_the_formulas():
     shape = tp.ModelShape.from_hf_config(SimpleNamespace(**config))
     model = check.Model(config, {n: tp.source_shape(n, shape) for n in tp.checkpoint_tensors(shape)})
     cfg = load_config(GH200, check_paths=False)
-    m = check.memory(cfg, model, 150, gpu_gib=89.4, ranks_per_node=4, node_bytes=0)
+    m = memplan.memory(cfg, model, 150, gpu_gib=89.4, ranks_per_node=4, node_bytes=0)
     params = 3_085_938_688
     assert m.weights == m.pristine == params * 2 and m.pristine_at == "device"
-    assert m.available == pytest.approx(0.85 * 89.4 * check.GIB - 4 * params)
-    assert check.kv_bytes_per_token(config, 2) == 2 * 36 * 2 * 128 * 2
+    assert m.available == pytest.approx(0.85 * 89.4 * memplan.GIB - 4 * params)
+    assert memplan.kv_bytes_per_token(config, 2) == 2 * 36 * 2 * 128 * 2
     assert m.tokens == 150 + 1024 and m.needed == 36864 * 1174 * 200
-    host = check.memory(load_config(GH200, ["vllm.pristine=host", "vllm.tensor_parallel_size=2"], check_paths=False),
+    host = memplan.memory(load_config(GH200, ["vllm.pristine=host", "vllm.tensor_parallel_size=2"], check_paths=False),
                         model, 150, gpu_gib=89.4, ranks_per_node=4, node_bytes=0)
-    assert host.weights == host.pristine == params and host.available == pytest.approx(0.85 * 89.4 * check.GIB - params)
-    assert check.kv_bytes_per_token(config, 2, tp=4) == 2 * 36 * 1 * 128 * 2     # 2 K/V heads: replicated at TP 4
+    assert host.weights == host.pristine == params
+    assert host.available == pytest.approx(0.85 * 89.4 * memplan.GIB - params)
+    assert memplan.kv_bytes_per_token(config, 2, tp=4) == 2 * 36 * 1 * 128 * 2     # 2 K/V heads: replicated at TP 4
 
 
 def test_the_slurm_request_against_the_config():
