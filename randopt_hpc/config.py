@@ -18,7 +18,6 @@ from randopt_hpc.configrules import (
     MAX_BATCH,
     MAX_EXAMPLES,
     MAX_NEW_TOKENS,
-    MAX_NODES,
     MAX_POPULATION,
     MAX_SAMPLES,
     MAX_TEMPERATURE,
@@ -29,6 +28,9 @@ from randopt_hpc.configrules import (
     require,
     within,
 )
+from randopt_hpc.halving import SCHEDULES, HalvingConfig
+from randopt_hpc.population import NOISE_VERSIONS
+from randopt_hpc.slurmconfig import SlurmConfig
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,11 @@ class PopulationConfig:
     sigma_assignment: str = "random"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    noise: str = "boxmuller"
 
     def validate(self) -> None:
         within("population.size", self.size, 1, MAX_POPULATION)
+        choice("population.noise", self.noise, NOISE_VERSIONS)
         require(0 <= self.seed < 2**63, "population.seed", f"must be in [0, 2**63), got {self.seed}")
         require(len(self.sigmas) >= 1, "population.sigmas", "must list at least one sigma")
         for s in self.sigmas:
@@ -112,8 +116,12 @@ class SelectionConfig:
     control: bool = True
     control_size: int | None = None
     task: str | None = None
+    schedule: str = "full"
+    halving: HalvingConfig = field(default_factory=HalvingConfig)
 
     def validate(self, n: int, tasks: tuple = ()) -> None:
+        choice("selection.schedule", self.schedule, SCHEDULES)
+        self.halving.validate()
         names = [t.name for t in tasks]
         if self.task is not None:
             require(len(names) > 1, "selection.task", "names a task only when `task` lists several; leave it null")
@@ -135,6 +143,7 @@ class GenerationConfig:
     temperature: float = 0.6      # 0.6 and 0.95: the limit-of-RLVR study's setting
     top_p: float = 0.95
     seed: int = 0
+    stop_strings: bool = True     # each task's (tasks/*.py); false: to EOS or the cap, as the reference
 
     def validate(self) -> None:
         within("generation.max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
@@ -203,27 +212,6 @@ class VLLMConfig:
 
 
 @dataclass(frozen=True)
-class SlurmConfig:
-    """The Slurm request of `python -m randopt_hpc.launch` (its command-line flags override these); the run
-    itself never reads it, so it is not part of the results' fingerprint."""
-    nodes: int = 1
-    tasks_per_node: int = 4      # a GH200 node: one rank per GPU
-    gpus_per_task: int = 1
-    cpus_per_task: int = 72
-    time: int = 240
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-
-    def validate(self) -> None:
-        within("slurm.nodes", self.nodes, 1, MAX_NODES)
-        within("slurm.tasks_per_node", self.tasks_per_node, 1, MAX_THREADS)
-        within("slurm.gpus_per_task", self.gpus_per_task, 0, 64)
-        within("slurm.cpus_per_task", self.cpus_per_task, 1, MAX_THREADS)
-        within("slurm.time", self.time, 1, 60 * 24 * 366)
-
-
-@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: str = "hf"
@@ -244,6 +232,8 @@ class Config:
         from randopt_hpc.backends import BACKENDS
 
         choice("backend", self.backend, tuple(BACKENDS))
+        require(self.backend == "hf" or self.population.noise == "boxmuller", "population.noise",
+                f"{self.population.noise} is drawn by the hf backend only; backend {self.backend} needs boxmuller")
         if self.tasks:
             require(self.tasks[0] == self.task, "task", "with several tasks, `task` is the first of `tasks`")
             for i, t in enumerate(self.tasks):

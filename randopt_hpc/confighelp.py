@@ -53,6 +53,9 @@ MEANINGS = {
                                    "reference code) or `blocked` (equal contiguous blocks, as the paper)",
     "population.include": "regexes on checkpoint tensor names to perturb; empty = every tensor",
     "population.exclude": "regexes on checkpoint tensor names never perturbed, even if included",
+    "population.noise": "how a seed becomes normals: `boxmuller` (Philox words, Box-Muller in float32; every "
+                        "backend) or `table16` (the same words as 16-bit quantiles of the normal from a table, tails "
+                        "cut at ±4.33σ; about 2x faster to draw; backend hf only)",
     "selection.top_k": "the K values: the top K candidates by train score vote on the test set (each K a "
                        "prefix of one ranking)",
     "selection.control": "also vote unselected controls: K candidates in a seeded random order, and K with the "
@@ -62,6 +65,11 @@ MEANINGS = {
                               "(every candidate answers the test set: unselected votes of every size)",
     "selection.task": "with several tasks: rank by this task's train score; null = the mean over tasks of each "
                       "task's mean reward",
+    "selection.schedule": "`full`: every candidate answers every train example; `halving`: successive halving "
+                          "(the best go on to more examples, rung by rung; [Successive halving](#successive-halving))",
+    "selection.halving.first": "halving: train examples every candidate answers in the first rung",
+    "selection.halving.eta": "halving: each rung keeps 1/eta of its candidates and gives them eta times the examples",
+    "selection.halving.keep": "halving: never fewer survivors than keep × the largest K",
     "generation.max_new_tokens": "the most tokens generated per answer (candidates and members decode greedily)",
     "generation.batch_size": "prompts generated together in one batch",
     "generation.samples": "S sampled answers of the base model per test item (pass@k, TT-MV, Best-of-N); "
@@ -70,6 +78,9 @@ MEANINGS = {
     "generation.top_p": "nucleus of those samples (0.6 and 0.95: the limit-of-RLVR study's setting)",
     "generation.seed": "seed of those samples: sample s of item x is drawn from (seed, x's id, s), the same "
                        "in any batch",
+    "generation.stop_strings": "stop each answer at its task's stop strings (`</answer>` kept, end of line for "
+                               "the short forms; [docs/tasks.md](docs/tasks.md#stop-strings)); `false`: to EOS or "
+                               "max_new_tokens, as the reference code",
     "output.dir": "the run folder (run.yaml, shards, results.h5, the log); rerunning resumes the run in it",
     "output.overwrite": "start afresh even if the folder holds a run (finished or not); a requeued Slurm job "
                         "never does",

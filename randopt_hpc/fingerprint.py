@@ -25,6 +25,7 @@ NON_RESULT_FIELDS = ("output.dir", "output.overwrite", "output.save_text", "runt
                      "slurm")
 SETTINGS = ("generation.batch_size", "runtime.threads")
 GROWABLE = ("population.size", "selection.top_k", "selection.control", "selection.control_size", "selection.task",
+            "selection.schedule", "selection.halving.first", "selection.halving.eta", "selection.halving.keep",
             "generation.samples", "task.test_size")
 
 

@@ -25,8 +25,9 @@ import yaml
 from randopt_hpc import check, dryrun
 from randopt_hpc import cli as cli_errors
 from randopt_hpc.comm import EXIT_PREEMPTED
-from randopt_hpc.config import ConfigError, SlurmConfig, load_config, to_yaml
+from randopt_hpc.config import ConfigError, load_config, to_yaml
 from randopt_hpc.runfolder import FINISHED, LAUNCH_YAML, RunFolder
+from randopt_hpc.slurmconfig import SlurmConfig
 from randopt_hpc.sweeps import parse_sweep, point_dir, shown
 
 SITE_KEYS = ("SRUN_MPI", "MODULES", "SETUP", "STAGE_DIR", "PARTITION", "OVERCOMMIT")

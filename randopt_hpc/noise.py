@@ -12,6 +12,10 @@ and Box-Muller in float32 turns the word pairs (x0, x1), (x2, x3) of a block int
 Two Philox implementations give bitwise equal words: "torch" (reference, any device) and
 "numba" (compiled CPU). The float transform is always the same torch code, so they also
 give identical normals.
+
+Noise versions (NOISE_VERSIONS, argument `version`): "boxmuller" (the above; the default, unchanged)
+and "table16" (the same words, each split into two 16-bit quantile-table lookups: a discretised normal,
+about 2x fewer Philox blocks and no float transform; see randopt_hpc.noise_table).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import operator
 
 import numpy as np
 import torch
+
+from randopt_hpc.population import NOISE_VERSIONS  # noqa: F401  (one list: the config's choices)
 
 PHILOX_IMPLS = ("torch", "numba")
 
@@ -86,42 +92,13 @@ def _blocks_torch(b0: int, nblocks: int, k: tuple[int, int], h: int, device) -> 
 
 @functools.cache
 def _numba_kernels():
-    """Compile the numba kernels once; None when numba is unavailable."""
+    """The numba kernels (randopt_hpc.noise_kernels: at module level, so numba's disk cache holds them); None
+    when numba is unavailable."""
     try:
-        import numba
+        from randopt_hpc import noise_kernels as K
     except ImportError:
         return None
-    u64 = np.uint64
-    # Every constant is uint64: numba turns mixed uint64/int64 arithmetic into float64.
-    M32, S32 = u64(_M32), u64(32)
-    M0, M1, W0, W1 = u64(_PHILOX_M0), u64(_PHILOX_M1), u64(_PHILOX_W0), u64(_PHILOX_W1)
-
-    @numba.njit(inline="always")
-    def philox(c0, c1, c2, c3, k0, k1):
-        for r in range(_ROUNDS):
-            if r:
-                k0, k1 = (k0 + W0) & M32, (k1 + W1) & M32
-            p0 = M0 * c0
-            p1 = M1 * c2
-            c0, c1, c2, c3 = (p1 >> S32) ^ c1 ^ k0, p1 & M32, (p0 >> S32) ^ c3 ^ k1, p0 & M32
-        return c0, c1, c2, c3
-
-    @numba.njit(parallel=True, cache=True)
-    def stream(b0, k0, k1, h0, h1, out):
-        for i in numba.prange(out.shape[0]):
-            b = b0 + u64(i)
-            x = philox(b & M32, b >> S32, h0, h1, k0, k1)
-            for lane in range(4):
-                out[i, lane] = x[lane]
-
-    @numba.njit(parallel=True, cache=True)
-    def counters(ctr, k0, k1, out):
-        for i in numba.prange(ctr.shape[0]):
-            x = philox(u64(ctr[i, 0]), u64(ctr[i, 1]), u64(ctr[i, 2]), u64(ctr[i, 3]), k0, k1)
-            for lane in range(4):
-                out[i, lane] = x[lane]
-
-    return stream, counters
+    return K.stream, K.counters
 
 
 def _require_numba():
@@ -192,20 +169,37 @@ def normals_from_uint32(x: torch.Tensor, start: int) -> torch.Tensor:
     return torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=-1).reshape(-1)
 
 
-def normals_range(seed: int, name: str, start: int, count: int, impl: str = "auto", device="cpu") -> torch.Tensor:
+def _table(version: str):
+    """The table16 module for version "table16", None for "boxmuller"; ValueError for anything else."""
+    if version not in NOISE_VERSIONS:
+        raise ValueError(f"unknown noise version {version!r}; expected one of {NOISE_VERSIONS}")
+    if version == "table16":
+        from randopt_hpc import noise_table  # lazy: it imports this module
+
+        return noise_table
+    return None
+
+
+def normals_range(seed: int, name: str, start: int, count: int, impl: str = "auto", device="cpu",
+                  version: str = "boxmuller") -> torch.Tensor:
     """Normals of flat elements start..start+count-1 of tensor `name`."""
+    if _table(version):
+        return _table(version).normals_range(seed, name, start, count, impl, device)
     # Align to whole blocks so any (start, count) works, then cut back.
     a0, a1 = start - start % 4, -(-(start + count) // 4) * 4
     x = uint32_stream(seed, name, a0, a1 - a0, impl=impl, device=device)
     return normals_from_uint32(x, a0)[start - a0:start - a0 + count]
 
 
-def normals_at(seed: int, name: str, index: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+def normals_at(seed: int, name: str, index: torch.Tensor, impl: str = "auto",
+               version: str = "boxmuller") -> torch.Tensor:
     """noise(seed, name, shape).reshape(-1)[index] for any flat indices, without the whole tensor.
 
     Each element's whole Philox block is drawn and turned into normals by the same float transform,
     so the values are bitwise those of the contiguous path. For tensor-parallel shards whose slices
     are not one flat range (row-parallel layers split columns)."""
+    if _table(version):
+        return _table(version).normals_at(seed, name, index, impl)
     seed = _check_seed(seed)
     index = torch.as_tensor(index, dtype=torch.int64)
     key, h = (seed & _M32, seed >> 32), fnv1a64(name)
@@ -218,14 +212,14 @@ def normals_at(seed: int, name: str, index: torch.Tensor, impl: str = "auto") ->
     return normals.gather(1, (index.reshape(-1) % 4)[:, None]).reshape(index.shape)
 
 
-def noise(seed: int, name: str, shape, impl: str = "auto", device="cpu") -> torch.Tensor:
+def noise(seed: int, name: str, shape, impl: str = "auto", device="cpu", version: str = "boxmuller") -> torch.Tensor:
     """Standard normal float32 noise of `shape` for tensor `name` under candidate `seed`."""
     shape = torch.Size(shape if isinstance(shape, (tuple, list, torch.Size)) else (shape,))
-    return normals_range(seed, name, 0, shape.numel(), impl, device).reshape(shape)
+    return normals_range(seed, name, 0, shape.numel(), impl, device, version).reshape(shape)
 
 
 def perturb_(param: torch.Tensor, base: torch.Tensor, seed: int, name: str, sigma: float,
-             impl: str = "auto", chunk: int = 1 << 22) -> None:
+             impl: str = "auto", chunk: int = 1 << 22, version: str = "boxmuller") -> None:
     """param <- cast(base.float() + float32(sigma) * noise), in flat chunks to bound memory.
 
     Always from the pristine base, never incrementally, so restore is an exact copy.
@@ -234,7 +228,9 @@ def perturb_(param: torch.Tensor, base: torch.Tensor, seed: int, name: str, sigm
         raise ValueError(f"{name}: param shape {tuple(param.shape)} != base shape {tuple(base.shape)}")
     if chunk <= 0 or chunk % 4:
         raise ValueError("chunk must be a positive multiple of 4")
-    if impl == "auto" and param.device.type == "cuda" and param.is_contiguous() and base.is_contiguous():
+    fused_gpu = param.device.type == "cuda" and param.is_contiguous() and base.is_contiguous()
+    # The Triton kernel draws Box-Muller only; table16 on a GPU takes the torch path below.
+    if _table(version) is None and impl == "auto" and fused_gpu:
         from randopt_hpc import noise_triton  # lazy: triton only where there is a GPU
 
         return noise_triton.perturb_(param, base, seed, name, sigma)
@@ -246,7 +242,7 @@ def perturb_(param: torch.Tensor, base: torch.Tensor, seed: int, name: str, sigm
         param.numel(), dtype=param.dtype, device=param.device)
     for s in range(0, out.numel(), chunk):
         n = min(chunk, out.numel() - s)
-        eps = normals_range(seed, name, s, n, impl, param.device)
+        eps = normals_range(seed, name, s, n, impl, param.device, version)
         # Separate mul and add (no fused alpha/FMA), matching the unchunked formula bitwise.
         eps.mul_(sigma32).add_(flat_base[s:s + n].to(torch.float32))
         out[s:s + n].copy_(eps)

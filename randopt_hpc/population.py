@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 
 _MASK64 = (1 << 64) - 1
+# How a seed becomes normals (randopt_hpc.noise): part of what a candidate is, so a result-defining choice.
+NOISE_VERSIONS = ("boxmuller", "table16")
 
 
 def splitmix64(x: int) -> int:
@@ -65,8 +67,10 @@ class Population:
 
 
 def owned(indices, rank: int = 0, size: int = 1) -> list[int]:
-    """The strided slice rank `rank` of `size` evaluates: every i with i mod size == rank."""
-    return [i for i in indices if i % size == rank]
+    """The strided slice rank `rank` of `size` evaluates: every size-th of `indices` from position `rank` (of
+    range(N): every i with i mod size == rank; of a halving rung's survivors, an equal share however they
+    fall)."""
+    return list(indices)[rank::size]
 
 
 def select_names(names: list[str], include: list[str], exclude: list[str]) -> list[str]:

@@ -250,11 +250,48 @@ def assemble(parts: Sequence[Answers], ids: Sequence[str]) -> Answers | None:
                                              "gen_tokens", "finish")}, settings=tuple(settings) or None, ids=ids)
 
 
+def spread(a: Answers, ids: Sequence[str]) -> tuple[Answers, tuple[bool, ...]]:
+    """a's answers laid out on the examples `ids`, and which of them it answered: an unanswered example (a
+    candidate a halving schedule dropped before it) holds reward NaN, correct False, no key, answer or text,
+    -1 tokens and finish None, so it is marked, never scored 0."""
+    mine = {x: j for j, x in enumerate(_positions(a, ids))}
+    rows = [mine.get(x) for x in ids]
+
+    def column(name: str, missing):
+        col = getattr(a, name)
+        return None if col is None else tuple(missing if j is None else col[j] for j in rows)
+    out = Answers(rewards=column("rewards", float("nan")), correct=column("correct", False),
+                  keys=column("keys", None), answers=column("answers", None), texts=column("texts", ""),
+                  prompt_tokens=column("prompt_tokens", -1), gen_tokens=column("gen_tokens", -1),
+                  finish=column("finish", None), settings=a.settings, ids=tuple(ids))
+    return out, tuple(j is not None for j in rows)
+
+
+def merged(a: CandidateRecord, b: CandidateRecord) -> CandidateRecord:
+    """One candidate's answers from two records (a halving schedule answers the train split in parts), a's
+    first; an example both answer keeps a's answer (the same model's greedy answer: they cannot differ but in
+    settings). A record from before ids were recorded answered the whole split."""
+    if a.answers.ids is None or b.answers.ids is None:
+        return a if a.answers.ids is None or b.answers.ids is not None else b
+    have = set(a.answers.ids)
+    new = [j for j, x in enumerate(b.answers.ids) if x not in have]
+    if not new:
+        return a
+
+    def column(name: str):
+        x, y = getattr(a.answers, name), getattr(b.answers, name)
+        return None if x is None or y is None else x + tuple(y[j] for j in new)
+    settings = sorted(set(a.answers.settings or ()) | set(b.answers.settings or ()))
+    answers = Answers(**{f: column(f) for f in ("rewards", "correct", "keys", "answers", "texts", "prompt_tokens",
+                                                "gen_tokens", "finish", "ids")}, settings=tuple(settings) or None)
+    return dataclasses.replace(a, answers=answers, seconds=a.seconds + b.seconds)
+
+
 @dataclass
 class Done:
-    """What a run folder's shards hold, by kind and key. A candidate: its first record (a duplicate cannot
-    differ: same index, same model). The other kinds: every record of the key, whose answers `answers()`
-    puts together for a list of examples (a grown test split is answered in parts)."""
+    """What a run folder's shards hold, by kind and key. A candidate: its records merged (`merged`; a
+    duplicate cannot differ: same index, same model). The other kinds: every record of the key, whose
+    answers `answers()` puts together for a list of examples (a grown test split is answered in parts)."""
     candidates: dict
     base: dict
     members: dict
@@ -272,7 +309,7 @@ class Done:
 
     def add(self, r: Record) -> None:
         if r.kind == "candidate":
-            self.candidates.setdefault(r.key, r)
+            self.candidates[r.key] = merged(self.candidates[r.key], r) if r.key in self.candidates else r
         else:
             self.table(r.kind).setdefault(r.key, []).append(r.answers)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from randopt_hpc import vote
+from randopt_hpc.records import spread
 from randopt_hpc.sampling import FINISH
 from randopt_hpc.summary import GROUPS
 from randopt_hpc.version import SCHEMA_VERSION, __version__
@@ -36,7 +37,8 @@ def _gen_tokens(rows) -> np.ndarray:
 def _finish(rows) -> np.ndarray:
     """Finish reasons as codes into FINISH (data/finish_reasons); -1 where a record predates them."""
     code = {f: i for i, f in enumerate(FINISH)}
-    return np.array([[code[f] for f in a.finish] if a.finish is not None else [-1] * len(a.rewards) for a in rows],
+    return np.array([[code.get(f, -1) for f in a.finish] if a.finish is not None else [-1] * len(a.rewards)
+                     for a in rows],
                     dtype=np.int8)
 
 
@@ -86,15 +88,20 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
     (randopt_hpc.tasks.multi.Objective), judge = the task's verdict on a test key (vote.judge_with)."""
     if [r.index for r in population] != list(range(cfg.population.size)):
         raise ValueError(f"population incomplete: {len(population)} of {cfg.population.size} candidates")
-    answers = [r.answers for r in population]
+    # A candidate a halving schedule dropped answered part of the split: the rest is marked, its score its own.
+    laid = [spread(r.answers, [ex.id for ex in train]) for r in population]
+    answers = [a for a, _ in laid]
+    seen = [[p for p, flag in enumerate(flags) if flag] for _, flags in laid]
+    on = [objective if len(p) == len(train) else objective.on(p) for p in seen]
     names = list(objective.names)
     pop = {
         "index": np.arange(len(population), dtype=np.int64),
         "seed": np.array([r.seed for r in population], dtype=np.int64),
         "sigma": np.array([r.sigma for r in population]),
-        "train_score": np.array([objective(a.rewards) for a in answers]),
-        "train_score_by_task": np.array([objective.by_task(a.rewards) for a in answers], dtype=np.float64),
-        "train_accuracy": np.array([a.accuracy for a in answers]),
+        "train_score": np.array([o(a.rewards) for o, a in zip(on, answers)]),
+        "train_score_by_task": np.array([o.by_task(a.rewards) for o, a in zip(on, answers)], dtype=np.float64),
+        "train_accuracy": np.array([r.answers.accuracy for r in population]),
+        "train_examples": np.array([len(p) for p in seen], dtype=np.int32),
         "train_reward": np.array([a.rewards for a in answers], dtype=np.float32),
         "train_correct": np.array([a.correct for a in answers], dtype=bool),
         "train_key": _keys([a.keys for a in answers]),

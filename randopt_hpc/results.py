@@ -94,6 +94,17 @@ def comparable(path: str) -> dict[str, Any]:
     return out
 
 
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The datasets two comparable() results disagree on, or hold alone; NaN equals NaN (a halving run marks
+    the train examples a dropped candidate never answered with NaN rewards)."""
+    out = sorted(set(a) ^ set(b))
+    for k in sorted(set(a) & set(b)):
+        x, y = np.asarray(a[k]), np.asarray(b[k])
+        if x.shape != y.shape or not np.array_equal(x, y, equal_nan=x.dtype.kind == y.dtype.kind == "f"):
+            out.append(k)
+    return out
+
+
 def check_schema(f, path: str) -> None:
     """One line for a file of another schema version: its datasets mean other things (schema 1's control was
     the first K by index), so nothing is read from it."""

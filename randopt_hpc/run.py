@@ -5,12 +5,13 @@ process up and always tears down (one failing rank aborts the world); helpers si
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 
+from randopt_hpc import halving, select, vote
 from randopt_hpc import population as pop
-from randopt_hpc import select, vote
 from randopt_hpc.comm import EXIT_INTERRUPTED, Preempted, StopFlag, exit_code, install_signals, make_comm, setup_logging
 from randopt_hpc.config import ConfigError, load_config
 from randopt_hpc.data import make_task
@@ -19,6 +20,7 @@ from randopt_hpc.evaluate import Evaluator
 from randopt_hpc.fingerprint import settings
 from randopt_hpc.lock import LockError
 from randopt_hpc.progress import Progress, Timer
+from randopt_hpc.records import assemble, spread
 from randopt_hpc.runfolder import FINISHED, FRESH, RunFolder
 from randopt_hpc.sampling import Sampling
 from randopt_hpc.tasks.multi import Objective
@@ -36,10 +38,10 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     comm.barrier()
     done = folder.done(log)
     cands = pop.Population(cfg.population.seed, n, cfg.population.sigmas, cfg.population.sigma_assignment)
-    mine = pop.owned(range(n), rank, size)
-    todo = [i for i in mine if i not in done.candidates]
-    log.info("%d candidates of %d are mine, %d already done; %d train / %d test examples",
-             len(mine), n, len(mine) - len(todo), len(train), len(test))
+    plan = halving.rungs(cfg.selection.schedule, n, len(train), cfg.k_max, cfg.selection.halving)
+    log.info("%d candidates, %d with train answers already; schedule %s: %s; %d train / %d test examples", n,
+             sum(i < n for i in done.candidates), cfg.selection.schedule,
+             " -> ".join(f"{r.candidates} on {r.examples}" for r in plan), len(train), len(test))
     timer = Timer()
     task = make_task(cfg)
     objective = Objective.of(train, [t.name for t in cfg.all_tasks], cfg.selection.task)
@@ -69,27 +71,53 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
         log.info("base model on %s: accuracy %.3f, mean reward %.4f (%d examples)", split, a.accuracy, a.score,
                  len(a.rewards))
 
-    # Population: perturb -> answer the train set -> score -> restore, one candidate at a time, each appended.
-    if progress:
-        progress.phase("population", "candidates", {"candidate": range(n)})
-    for i in todo:
-        stop.check(f"candidate {i}")
-        if on_candidate:
-            on_candidate(rank, i)
-        done.add(ev.candidate(cands[i], train, rank))
-        shard.append(done.candidates[i])
+    # Population: perturb -> answer the train examples -> score -> restore, one candidate at a time, each appended;
+    # rung by rung (randopt_hpc.halving: the full schedule is one rung), each rung's survivors spread over the ranks.
+    at = {ex.id: p for p, ex in enumerate(train)}
+    # Every rank keeps every candidate's train rewards by position: a rung's ranking needs the others' too.
+    rewards = {i: {p: x for p, x in zip(positions_of(r.answers, at), r.answers.rewards) if p is not None}
+               for i, r in done.candidates.items()}
+    computed = []     # this run's candidate records, gathered on rank 0 at the end
 
-    # One global ranking from everyone's exact scores; every top-K is a prefix of it.
-    with timer("wait"):
-        scores = dict(p for part in comm.allgather([(i, objective.exact(done.candidates[i].answers.rewards))
-                                                    for i in mine]) for p in part)
+    def rung(r: int, current: list[int], pos: list[int]) -> None:
+        if progress:
+            progress.phase("population" + (f" rung {r + 1}/{len(plan)}" if len(plan) > 1 else ""), "candidates",
+                           {"candidate": current}, [train[p].id for p in pos] if len(plan) > 1 else None)
+        fresh = []
+        for i in pop.owned(current, rank, size):
+            missing = [train[p] for p in pos if p not in rewards.get(i, ())]
+            if not missing:
+                continue
+            stop.check(f"candidate {i}")
+            if on_candidate:
+                on_candidate(rank, i)
+            record = ev.candidate(cands[i], missing, rank)
+            done.add(record)
+            shard.append(record)
+            computed.append(record)
+            fresh.append((i, positions_of(record.answers, at), record.answers.rewards))
+        with timer("wait"):
+            for part in comm.allgather(fresh):
+                for i, ps, rs in part:
+                    rewards.setdefault(i, {}).update(zip(ps, rs))
+
+    def score(i: int, pos: list[int]):   # exact: ties are ties on every rank count
+        if len(pos) not in on:
+            on[len(pos)] = objective.on(pos)
+        return on[len(pos)].exact(rewards[i])
+
+    # One global ranking from everyone's exact scores (the last rung's, then the earlier rungs' for those they
+    # dropped); every top-K is a prefix of it.
+    on: dict = {}
+    with timer("population"):   # the phase's wall time on this rank, its waits included
+        history = halving.walk(plan, objective.columns, len(train), score, rung)
     if progress:
         progress.end_phase()
-    order, k = select.ranking(list(scores), list(scores.values())), cfg.k_max
+    order, k = halving.final_order(history), cfg.k_max
     groups = ensembles(cfg, order[:k], cands)
     every_member = [m for g in groups.values() for m in g]
     log.info("ranking done: best candidate %d (score %.4f); %d members answer the test set",
-             order[0], scores[order[0]], len(set(every_member)))
+             order[0], objective.exact(rewards[order[0]]), len(set(every_member)))
 
     # The base model's test samples and the members (test split), spread over the ranks.
     jobs = answer_jobs(every_member, cfg.generation.samples)
@@ -103,17 +131,26 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
 
     # One gather: rank 0 gets every candidate, every answer set and every rank's timing.
     with timer("wait"):
-        parts = comm.gather({"candidates": [done.candidates[i] for i in mine],
+        parts = comm.gather({"candidates": computed,
                              "answered": [(kind, key, done.answers(kind, key, examples(kind, key)))
                                           for kind, key in my_base + my_jobs],
                              "timing": {"rank": rank, "hostname": env.hostname, **timer.totals()}})
     if rank == 0:
         progress.stop()
-        population, base, members, samples = collect(parts, every_member, cfg.generation.samples)
-        ks, on_train = sorted(cfg.selection.top_k), {r.index: r.answers for r in population}
+        population, base, members, samples = collect(parts, done, n, every_member, cfg.generation.samples)
+        # What the schedule asked of each candidate, and no more: a folder that held a full run's answers
+        # writes what a fresh run of this schedule writes.
+        asked = [[train[p].id for p in halving.positions(objective.columns, plan[r].examples, len(train))]
+                 for r in range(len(plan))]
+        population = [dataclasses.replace(c, answers=assemble([c.answers], asked[r]))
+                      for c, r in zip(population, halving.last_rungs(plan, history))]
+        ks, train_ids = sorted(cfg.selection.top_k), [ex.id for ex in train]
+        on_train = {r.index: spread(r.answers, train_ids) for r in population}
         judges = (vote.judge_with(task, test), vote.judge_with(task, train))
         t0 = time.perf_counter()
-        votes = {name: vote.vote_ensemble(group, ks, members, on_train, judges) for name, group in groups.items()}
+        votes = {name: vote.vote_ensemble(group, ks, members, {m: a for m, (a, _) in on_train.items()}, judges,
+                                          {m: seen for m, (_, seen) in on_train.items()})
+                 for name, group in groups.items()}
         log.info("vote: %d groups x %d K on %d test examples in %.2f s", len(votes), len(ks), len(test),
                  time.perf_counter() - t0)
         write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, samples,
@@ -216,7 +253,8 @@ def load(argv: list[str], env) -> tuple | None:
     folder = RunFolder(cfg.output.dir)
     state = folder.state(cfg)
     answered = folder.first_candidate() if state != FRESH else None
-    if answered is not None and answered.answers.ids not in (None, tuple(ex.id for ex in train)):
+    if answered is not None and answered.answers.ids is not None and \
+            not set(answered.answers.ids) <= {ex.id for ex in train}:
         # Every candidate record answered the train split as it was: it must not have moved (a data file
         # edited under the run, or a task.test_size whose task draws its problems for both splits at once).
         raise ConfigError("task.data: the train split is not the one this run's candidates answered (its data "
@@ -291,10 +329,19 @@ def answer_jobs(members: list[int], samples: int = 0) -> list[tuple[str, object]
     return [("sample", s) for s in range(samples)] + [("member", m) for m in dict.fromkeys(members)]
 
 
-def collect(parts: list[dict], members: list[int], samples: int = 0) -> tuple[list, dict, dict, list]:
-    """Rank 0: the gathered parts as (every candidate record by index, the base model's answers by split,
-    each member's test answers, the base model's test samples in order)."""
-    population = sorted((r for p in parts for r in p["candidates"]), key=lambda r: r.index)
+def positions_of(a, at: dict) -> list:
+    """The train positions an answer set answers (a record from before ids were recorded: the whole split);
+    None for an id the split does not hold."""
+    return list(range(len(a.rewards))) if a.ids is None else [at.get(x) for x in a.ids]
+
+
+def collect(parts: list[dict], done, n: int, members: list[int], samples: int = 0) -> tuple[list, dict, dict, list]:
+    """Rank 0: the gathered parts with what the shards held (`done`) as (every candidate record by index, the
+    base model's answers by split, each member's test answers, the base model's test samples in order)."""
+    for p in parts:
+        for r in p["candidates"]:
+            done.add(r)
+    population = [done.candidates[i] for i in range(n)]
     answered = {(kind, key): answers for p in parts for kind, key, answers in p["answered"]}
     return (population, {split: answered[("base", split)] for split in ("train", "test")},
             {m: answered[("member", m)] for m in dict.fromkeys(members)},

@@ -122,6 +122,7 @@ class RunFolder:
         self.shards_dir = os.path.join(path, SHARDS)
         self.lock = RunLock(path)
         self._counted: dict[str, tuple[int, dict]] = {}   # count()'s progress per shard: (offset, what it saw)
+        self._scores: dict[int, float] = {}   # each candidate's first record's score, for the progress line
 
     def __repr__(self) -> str:
         return f"RunFolder({self.path!r})"
@@ -294,10 +295,13 @@ class RunFolder:
         found: dict = {}
         for seen in self._scan_new().values():
             for key, value in seen.get(kind, {}).items():
-                found[key] = value if kind == "candidate" else found.get(key, set()) | value
+                found[key] = found.get(key, set()) | value
         need = set(ids or ())
-        hits = [k for k in keys if k in found and (kind == "candidate" or None in found[k] or need <= found[k])]
-        best = max(((found[k], -k) for k in hits), default=None) if kind == "candidate" else None
+        hits = [k for k in keys if k in found and (None in found[k] or need <= found[k])]
+        if kind != "candidate" or ids is not None:   # a halving rung: the scores so far are on other examples
+            return len(hits), None
+        scores = self._scores
+        best = max(((scores[k], -k) for k in hits), default=None)
         return len(hits), None if best is None else (best[0], -best[1])
 
     def _scan_new(self) -> dict[str, dict]:
@@ -316,8 +320,7 @@ class RunFolder:
                     except (ValueError, UnicodeDecodeError):
                         continue     # damaged: its record is recomputed and appended later
                     if r.kind == "candidate":
-                        seen.setdefault(r.kind, {})[r.key] = r.score
-                    else:
-                        seen.setdefault(r.kind, {}).setdefault(r.key, set()).update(r.answers.ids or (None,))
+                        self._scores.setdefault(r.key, r.score)
+                    seen.setdefault(r.kind, {}).setdefault(r.key, set()).update(r.answers.ids or (None,))
             self._counted[path] = (offset, seen)
         return {path: seen for path, (_, seen) in self._counted.items()}

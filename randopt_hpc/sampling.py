@@ -15,15 +15,17 @@ from dataclasses import dataclass
 
 from randopt_hpc.population import splitmix64
 
-FINISH = ("eos", "stop", "length")   # why a generation ended: the tokenizer's EOS, another stop id, the token cap
+# Why a generation ended: the tokenizer's EOS, another stop id or the example's stop string, the token cap.
+FINISH = ("eos", "stop", "length")
 
 
 @dataclass(frozen=True)
 class Completion:
-    """One generation: the answer text (without its stop token) and what it cost."""
+    """One generation: the answer text (without its stop token; with its stop string, which ends it) and
+    what it cost."""
     text: str
     prompt_tokens: int
-    gen_tokens: int      # new tokens, the stop token included (it was generated)
+    gen_tokens: int      # new tokens, the stop token (or the one completing the stop string) included
     finish: str          # one of FINISH
 
 

@@ -112,13 +112,16 @@ def tokens(src, attrs) -> dict:
     if _has(src, "base/test_samples_gen_tokens"):
         parts["base samples"] = [("test", _get(src, "base/test_samples_gen_tokens"),
                                   _get(src, "base/test_samples_finish"))]
+    # A halving run's candidates answered part of the split; the rest is marked by NaN rewards, not generated.
+    asked = ~np.isnan(np.asarray(_get(src, "population/train_reward"), dtype=np.float64))
     out, prompt_total, gen_total = {}, 0, 0
     for name, pieces in parts.items():
-        gen = np.concatenate([np.asarray(t, dtype=np.int64).reshape(-1) for _, t, _ in pieces])
-        fin = np.concatenate([np.asarray(f).reshape(-1) for _, _, f in pieces])
+        mask = [asked if name == "candidates" else np.ones(np.shape(t), dtype=bool) for _, t, _ in pieces]
+        gen = np.concatenate([np.asarray(t, dtype=np.int64)[m] for (_, t, _), m in zip(pieces, mask)])
+        fin = np.concatenate([np.asarray(f)[m] for (_, _, f), m in zip(pieces, mask)])
         if not len(gen) or (gen < 0).any():   # records from before token accounting: no honest total
             continue
-        p = sum(int(prompt[s].sum()) * len(t) for s, t, _ in pieces)
+        p = sum(int((prompt[s] * m).sum()) for (s, _, _), m in zip(pieces, mask))
         out[name] = {"generations": int(len(gen)), "generated_tokens": int(gen.sum()), "prompt_tokens": p,
                      "mean_length": float(gen.mean()), "truncated": float(np.mean(fin == length))}
         prompt_total, gen_total = prompt_total + p, gen_total + int(gen.sum())

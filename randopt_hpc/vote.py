@@ -78,17 +78,27 @@ class EnsembleVote:
 
 
 def vote_ensemble(members: Sequence[int], ks: Sequence[int], test: dict, train: dict,
-                  judges: tuple[Judge | None, Judge | None] = (None, None)) -> EnsembleVote:
+                  judges: tuple[Judge | None, Judge | None] = (None, None), train_seen: dict | None = None
+                  ) -> EnsembleVote:
     """Vote `members` for every K in ks; `test` and `train` map a member to its answers on that split
     (anything with .keys and .correct per item, e.g. randopt_hpc.records.Answers); `judges` give the task's
-    verdict on a key on the test and on the train split."""
+    verdict on a key on the test and on the train split; `train_seen` (member -> a flag per train item) the
+    train items a member answered, when a halving schedule dropped some: a K's train accuracy is then on the
+    items all its members answered (NaN if none)."""
     test_keys, train_keys = [test[m].keys for m in members], [train[m].keys for m in members]
     test_ok = key_verdicts(test_keys, [test[m].correct for m in members], judges[0])
     train_ok = key_verdicts(train_keys, [train[m].correct for m in members], judges[1])
     voted = [vote(test_keys, test_ok, k) for k in ks]
+
+    def on_train(k: int) -> float:
+        cols = range(len(train_keys[0]))
+        if train_seen is not None:
+            cols = [t for t in cols if all(train_seen[m][t] for m in members[:k])]
+        pick = lambda rows: [[row[t] for t in cols] for row in rows[:k]]  # noqa: E731
+        return accuracy(vote(pick(train_keys), pick(train_ok), k)[1]) if cols else float("nan")
     return EnsembleVote(members=list(members), ks=list(ks), voted_keys=[v[0] for v in voted],
                         voted_correct=[v[1] for v in voted], accuracy=[accuracy(v[1]) for v in voted],
-                        train_accuracy=[accuracy(vote(train_keys, train_ok, k)[1]) for k in ks], key_correct=test_ok)
+                        train_accuracy=[on_train(k) for k in ks], key_correct=test_ok)
 
 
 def judge_with(task, examples) -> Judge | None:

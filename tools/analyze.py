@@ -12,7 +12,7 @@ from contextlib import ExitStack
 import click
 
 from randopt_hpc.cli import Group
-from tools import metrics, render, reports, runfile, sweep, tables
+from tools import metrics, render, reports, runfile, schedules, sweep, tables
 from tools.runfile import ResultsError
 
 PROG = "python -m tools.analyze"
@@ -181,6 +181,28 @@ def passk(files, as_json):
     _emit(_each(files, reports.passk), as_json, render.passk)
 
 
+# ------------------------------------------------------------------------------------------ halving
+
+@cli.command()
+@files_arg
+@click.option("--schedule", type=click.Choice(["halving", "full"]), default="halving", show_default=True)
+@click.option("--first", type=click.IntRange(min=1), default=None, help="Examples of the first rung (default: "
+              "the run's selection.halving.first, else the config default).")
+@click.option("--eta", type=click.IntRange(min=2), default=None, help="Keep 1/eta per rung, eta times the examples.")
+@click.option("--keep", type=click.FloatRange(min=1), default=None, help="Never fewer survivors than keep × max K.")
+@click.option("--k", "ks", type=click.IntRange(min=1), multiple=True, help="K values (default: the run's top_k).")
+@json_option
+def halving(files, schedule, first, eta, keep, ks, as_json):
+    """Replay a selection schedule on each run's stored per-example train rewards: its rungs, the train examples
+    and generated tokens it costs against the file's, and how many of its top-K members are the file's top K.
+    A live run with the same schedule selects exactly these members (randopt_hpc.halving, one code)."""
+    def build(f, path):
+        stored = (runfile.config(f).get("selection") or {}).get("halving") or {}
+        hc = schedules.halving_config(stored, first=first, eta=eta, keep=keep)
+        return schedules.replay(f, path, schedule, hc, list(ks) or None)
+    _emit(_each(files, build), as_json, schedules.render)
+
+
 # -------------------------------------------------------------------------------------------- merge
 
 def _merge_row(f, path):
@@ -300,7 +322,7 @@ def plot(files, out_dir, more, band, dpi, as_json):
                 with runfile.open_results(other) as g:
                     if runfile.strings(g, "data/test_ids").tolist() != ids:
                         raise ResultsError(f"{other}: not the test set of {file} (data/test_ids differ)")
-            scores, base = runfile.train_scores(f)
+            scores, base = runfile.train_scores(f, file)
             data = {"title": runfile.title(f, file), "scores": scores, "base": base,
                     "sigmas": f["population/sigma"][()], "kcurve": reports.kcurve(f, file),
                     # δ(m) on train accuracy per σ at every candidate's margin: the step curves are exact.

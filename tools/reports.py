@@ -69,7 +69,7 @@ def kcurve(f, path: str) -> dict:
 
 
 def sigma(f, path: str) -> dict:
-    scores, base = runfile.train_scores(f)
+    scores, base = runfile.train_scores(f, path)
     return {"path": path, "title": runfile.title(f, path), "base_train_score": base,
             "rows": metrics.sigma_table(scores, f["population/sigma"][()], base)}
 
@@ -81,7 +81,7 @@ def density(f, path: str, margins: list[float] | None, steps: int = 11, on: str 
     if on == "score":
         if split != "train":
             raise ResultsError("--on score has the train split only (no per-candidate test scores are stored)")
-        scores, base = runfile.train_scores(f)
+        scores, base = runfile.train_scores(f, path)
         grid = np.asarray(margins, dtype=np.float64) if margins else metrics.auto_margins(scores, base, steps)
         d = metrics.density(scores, base, grid)
         return {"path": path, "title": runfile.title(f, path), "on": "score", "split": "train",
@@ -92,6 +92,7 @@ def density(f, path: str, margins: list[float] | None, steps: int = 11, on: str 
     sigmas = f["population/sigma"][()]
     n_pop = len(sigmas)
     if split == "train":
+        runfile.require_full_train(f, path, "the train split's density")
         ok, base_ok = f["population/train_correct"][()], f["base/train_correct"][()]
         source = f"population/train_correct vs base/train_correct: all {n_pop} candidates"
     else:
@@ -120,6 +121,7 @@ def thicket(f, path: str) -> dict:
     if "ensemble/control" not in f:
         raise ResultsError(f"{path}: no ensemble/control (selection.control was off): the thicket needs candidates' "
                            "test answers (a scan: selection.control_size = population.size)")
+    runfile.require_full_train(f, path, "the train score's correlation with test accuracy")
     idx = f["ensemble/control/members"][()]
     n_pop = int(f["population/train_score"].shape[0])
     hits = f["ensemble/control/test_correct"][()].sum(axis=1)
@@ -173,6 +175,8 @@ def passk(f, path: str, max_tt_mv: int = 64) -> dict:
 def discordance(files: list[tuple[str, object]], splits: int | None) -> dict:
     """𝒟 on per-task train accuracy (one multi-task file, or several files of one population), over all
     candidates and per σ, raw and noise-corrected; with `splits`, one task's block reliability instead."""
+    for path, f in files:
+        runfile.require_full_train(f, path, "comparing candidates' train accuracy")
     if splits is not None:
         if len(files) != 1:
             raise ResultsError("--splits takes exactly one file (several files are the tasks themselves)")

@@ -132,8 +132,20 @@ def title(f, path: str) -> str:
             + (f" · seed {seed}" if seed is not None else "") + f" · run {run_name(f, path)}")
 
 
-def train_scores(f) -> tuple[np.ndarray, float]:
+def require_full_train(f, path: str, what: str) -> None:
+    """One line for a run whose candidates answered different train examples (selection.schedule: halving):
+    `what` compares candidates on the train split, which only a full run's candidates all answered."""
+    if "population/train_examples" in f:
+        seen, m = f["population/train_examples"][()], f["population/train_reward"].shape[1]
+        if (seen < m).any():
+            raise ResultsError(f"{path}: a halving run ({int((seen < m).sum())} of {len(seen)} candidates answered "
+                               f"only part of the {m} train examples): {what} needs a run with "
+                               "selection.schedule: full")
+
+
+def train_scores(f, path: str = "") -> tuple[np.ndarray, float]:
     """(candidate scores, base score), both the mean train reward computed the same way (metrics.mean_scores)."""
+    require_full_train(f, path or "results file", "comparing candidates' train scores")
     pop = metrics.mean_scores(f["population/train_reward"][()])
     base = float(metrics.mean_scores(f["base/train_reward"][()]))
     return pop, base

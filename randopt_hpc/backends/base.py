@@ -80,6 +80,29 @@ def cut_at_stop(ids: Iterable[int], stop_ids: Iterable[int]) -> list[int]:
     return out
 
 
+def stop_string_end(text: str, strings: Iterable[str]) -> int | None:
+    """Where `text` ends once cut after its first stop string (the one that completes earliest, as vLLM
+    picks it); None when it holds none."""
+    ends = [i + len(s) for s in strings if s and (i := text.find(s)) >= 0]
+    return min(ends) if ends else None
+
+
+def cut_at_stop_string(ids: Sequence[int], strings: Sequence[str], decode) -> list[int] | None:
+    """`ids` up to and including the token whose text completes a stop string, or None when decode(ids)
+    holds none. The cut is made on decoded text, as vLLM makes it, so that a stop string split over
+    tokens, or sharing one with other text, ends a row in both backends at the same token."""
+    if not strings or not ids or stop_string_end(decode(ids), strings) is None:
+        return None
+    lo, hi = 1, len(ids)   # a prefix's text is a prefix of the whole text, so a binary search finds the token
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if stop_string_end(decode(ids[:mid]), strings) is None:
+            lo = mid + 1
+        else:
+            hi = mid
+    return list(ids[:lo])
+
+
 INSTRUCT_MARKS = ("instruct", "chat", "it")
 
 
@@ -101,6 +124,7 @@ class BaseBackend:
     stop_ids: list[int] | None = None
     chat_mode: str | bool = "auto"   # config model.chat
     model_name: str = ""             # what the auto rule reads: the model folder's name
+    use_stop_strings: bool = True    # config generation.stop_strings: stop at each example's stop strings
 
     def __init__(self):
         self.perturbed = False
@@ -157,19 +181,47 @@ class BaseBackend:
         """One Completion per example: greedy, or sample `sampling.index` of each (randopt_hpc.sampling)."""
         # Only what precedes the stop token is the answer: a stop id need not be a special token
         # (skip_special_tokens would not drop it), and nothing after it may reach a grade.
-        stops = self.stop_ids
-        if stops is None:   # a subclass that sets none stops where the tokenizer does
-            stops = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
-        rows, finish = [], []
-        for ids in self.generate_ids(examples, sampling):
-            row = cut_at_stop(ids, stops)
-            stopped = bool(row) and row[-1] in stops
-            finish.append(("eos" if row[-1] == self.tokenizer.eos_token_id else "stop") if stopped else "length")
-            rows.append(row)
-        texts = self.tokenizer.batch_decode([r[:-1] if f != "length" else r for r, f in zip(rows, finish)],
+        stops = self._stop_id_list()
+        strings = self.stop_strings_of(examples)
+        rows = [self.cut_row(ids, s) for ids, s in zip(self.generate_ids(examples, sampling), strings)]
+        ended = [bool(r) and r[-1] in stops for r in rows]
+        texts = self.tokenizer.batch_decode([r[:-1] if e else r for r, e in zip(rows, ended)],
                                             skip_special_tokens=True)
-        return [Completion(text=t, prompt_tokens=p, gen_tokens=len(r), finish=f)
-                for t, p, r, f in zip(texts, self.prompt_lengths(examples), rows, finish)]
+        out = []
+        for text, p, row, end, s in zip(texts, self.prompt_lengths(examples), rows, ended, strings):
+            cut = None if end else stop_string_end(text, s)
+            if end:
+                finish = "eos" if row[-1] == self.tokenizer.eos_token_id else "stop"
+            else:
+                finish = "length" if cut is None else "stop"
+            # The stop string stays: an extractor may need it (a closing tag), and vLLM keeps it alike.
+            out.append(Completion(text=text if cut is None else text[:cut], prompt_tokens=p, gen_tokens=len(row),
+                                  finish=finish))
+        return out
+
+    def stop_strings_of(self, examples: Sequence[Example]) -> list[tuple[str, ...]]:
+        """Each example's stop strings, or none for any when generation.stop_strings is off."""
+        return [tuple(getattr(ex, "stop_strings", ()) or ()) if self.use_stop_strings else () for ex in examples]
+
+    def cut_row(self, ids: Sequence[int], strings: Sequence[str] = ()) -> list[int]:
+        """New ids up to and including the first stop id or the token that completes a stop string,
+        whichever comes first; a backend's generate_ids and complete() both cut with it, so that a row
+        generated past its stop (a batch runs until its last row stops) counts only what was needed."""
+        stops = self._stop_id_list()
+        row = cut_at_stop(ids, stops)
+        body = row[:-1] if row and row[-1] in stops else row
+        shorter = cut_at_stop_string(body, strings, self._decode_new) if strings else None
+        return row if shorter is None else shorter
+
+    def _stop_id_list(self) -> list[int]:
+        if self.stop_ids is not None:
+            return self.stop_ids
+        # A subclass that sets none stops where the tokenizer does.
+        return [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+
+    def _decode_new(self, ids: Sequence[int]) -> str:
+        """The text of new ids as complete() decodes it, where stop strings are looked for."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # ------------------------------------------------------------------ for subclasses
     def _perturb(self, seed: int, sigma: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from randopt_hpc import noise
-from randopt_hpc.backends.base import BaseBackend, cut_at_stop, stop_token_ids
+from randopt_hpc.backends.base import BaseBackend, stop_string_end, stop_token_ids
 from randopt_hpc.population import select_names
 from randopt_hpc.sampling import Sampling, gumbel
 from randopt_hpc.tasks.base import Example
@@ -14,7 +14,8 @@ from randopt_hpc.tasks.base import Example
 class HFBackend(BaseBackend):
     def __init__(self, path: str, dtype: str = "float32", *, max_new_tokens: int, batch_size: int,
                  include: Sequence[str] = (), exclude: Sequence[str] = (), device: str = "cpu",
-                 noise_impl: str = "auto"):
+                 stop_strings: bool = True,
+                 noise_impl: str = "auto", noise_version: str = "boxmuller"):
         super().__init__()
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -26,7 +27,11 @@ class HFBackend(BaseBackend):
         self.device = torch.device(device)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.use_stop_strings = stop_strings
         self.noise_impl = noise_impl   # auto: numba on CPU, the fused Triton kernel on CUDA
+        if noise_version not in noise.NOISE_VERSIONS:
+            raise ValueError(f"unknown noise version {noise_version!r}; expected one of {noise.NOISE_VERSIONS}")
+        self.noise_version = noise_version
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, padding_side="left")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -51,23 +56,41 @@ class HFBackend(BaseBackend):
         if not self.names:
             raise ValueError("population.include/exclude select no weight tensor of the model")
         self._params = {n: params[n] for n in self.names}
-        self._base = {n: p.detach().clone() for n, p in self._params.items()}   # the pristine copy
+        self._flat = None
+        one_dtype = len({p.dtype for p in self._params.values()}) == 1
+        if self.device.type == "cpu" and noise_impl == "auto" and one_dtype and noise._numba_kernels():
+            from randopt_hpc.noise_table import FlatParams
+
+            # One flat buffer: a perturbation is one compiled call and a restore one copy, not one per tensor.
+            self._flat = FlatParams(self._params)
+            self._base = self._flat.base
+        else:
+            self._base = {n: p.detach().clone() for n, p in self._params.items()}   # the pristine copy
 
     @classmethod
     def from_config(cls, cfg, path: str) -> HFBackend:
         return cls(path, cfg.model.dtype, max_new_tokens=cfg.generation.max_new_tokens,
+                   stop_strings=cfg.generation.stop_strings,
                    batch_size=cfg.generation.batch_size, include=cfg.population.include,
-                   exclude=cfg.population.exclude, device=cfg.runtime.device, noise_impl=cfg.runtime.noise_impl)
+                   exclude=cfg.population.exclude, device=cfg.runtime.device, noise_impl=cfg.runtime.noise_impl,
+                   noise_version=cfg.population.noise)
 
     # ------------------------------------------------------------------ weights
     def _perturb(self, seed: int, sigma: float) -> None:
         with self.torch.no_grad():
+            if self._flat is not None and self._flat.names == self.names:   # else a test narrowed `names`
+                self._flat.perturb(seed, sigma, self.noise_version)
+                return
             for n in self.names:
-                noise.perturb_(self._params[n].data, self._base[n], seed, n, sigma, impl=self.noise_impl)
+                noise.perturb_(self._params[n].data, self._base[n], seed, n, sigma, impl=self.noise_impl,
+                               version=self.noise_version)
 
     def _restore(self) -> None:
         # Copy from the pristine base: subtracting the noise again drifts in low precision.
         with self.torch.no_grad():
+            if self._flat is not None:
+                self._flat.restore()
+                return
             for n in self.names:
                 self._params[n].data.copy_(self._base[n])
 
@@ -87,19 +110,25 @@ class HFBackend(BaseBackend):
         return [int(n) for enc in self.encoded(examples) for n in enc["attention_mask"].sum(dim=1).tolist()]
 
     def generate_ids(self, examples: Sequence[Example], sampling: Sampling | None = None) -> list[list[int]]:
-        """New token ids, greedy or sampled, up to and including the first stop id, in the order of `examples`."""
+        """New token ids, greedy or sampled, up to and including the first stop id or the token that completes
+        a stop string of the example, in the order of `examples`."""
         ids: list[list[int]] = []
+        strings = self.stop_strings_of(examples)
         with self.torch.inference_mode():
             for b, enc in enumerate(self.encoded(examples)):
                 extra = {}
+                rows = examples[b * self.batch_size:(b + 1) * self.batch_size]
+                stops = strings[b * self.batch_size:(b + 1) * self.batch_size]
                 if sampling is not None:   # greedy decoding of Gumbel-perturbed logits is sampling
-                    rows = examples[b * self.batch_size:(b + 1) * self.batch_size]
                     extra["logits_processor"] = [GumbelSampler(self.torch, [sampling.row_seed(ex.id) for ex in rows],
                                                                enc["input_ids"].shape[1], sampling)]
+                if any(stops):
+                    extra["stopping_criteria"] = [StopStrings(self.torch, self._decode_new, stops,
+                                                              enc["input_ids"].shape[1])]
                 out = self.model.generate(**enc, generation_config=self.gen, **extra)
-                for row in out[:, enc["input_ids"].shape[1]:].tolist():
+                for row, s in zip(out[:, enc["input_ids"].shape[1]:].tolist(), stops):
                     # Finished rows are padded to the batch's length; what follows a stop is not an answer.
-                    ids.append(cut_at_stop(row, self.stop_ids))
+                    ids.append(self.cut_row(row, s))
         return ids
 
 
@@ -120,3 +149,24 @@ class GumbelSampler:
             logits = logits.masked_fill(torch.empty_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
         noise = gumbel(self.row_seeds, input_ids.shape[1] - self.prompt_len, logits.shape[-1])
         return logits + torch.from_numpy(noise).to(device=logits.device, dtype=logits.dtype)
+
+
+class StopStrings:
+    """A transformers StoppingCriteria: a row is done once its new text holds one of its stop strings, so that
+    the batch ends when every row has stopped. Only the last few tokens are decoded each step (a stop string
+    ends in the newest token, and one of n characters spans at most n tokens); the whole new text confirms
+    a hit. A row this misses runs on to EOS or the cap and is cut all the same (cut_row): rows of a
+    batch do not change one another's tokens, so only the time differs."""
+
+    def __init__(self, torch, decode, strings: Sequence[tuple[str, ...]], prompt_len: int):
+        self.torch, self.decode, self.strings, self.prompt_len = torch, decode, list(strings), prompt_len
+        self.window = max((len(s) for row in self.strings for s in row), default=0) + 2
+        self.done = [False] * len(self.strings)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        new = input_ids[:, self.prompt_len:]
+        tails = new[:, -self.window:].tolist()
+        for i, (tail, strings) in enumerate(zip(tails, self.strings)):
+            if strings and not self.done[i] and stop_string_end(self.decode(tail), strings) is not None:
+                self.done[i] = stop_string_end(self.decode(new[i].tolist()), strings) is not None
+        return self.torch.tensor(self.done, dtype=self.torch.bool, device=input_ids.device)

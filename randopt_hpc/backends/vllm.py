@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from randopt_hpc.backends.base import BaseBackend, cut_at_stop, stop_token_ids
+from randopt_hpc.backends.base import BaseBackend, stop_token_ids
 from randopt_hpc.config import ConfigError
 from randopt_hpc.sampling import Sampling
 from randopt_hpc.tasks.base import Example
@@ -135,7 +135,7 @@ class VLLMBackend(BaseBackend):
                  noise_impl: str = "auto", tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  enforce_eager: bool = True, max_model_len: int | None = None, kv_cache_gib: float | None = None,
                  pristine: str = "device", ranks_on_node: int = 1, engine_args: dict | None = None,
-                 keep_written: bool = False):
+                 keep_written: bool = False, stop_strings: bool = True):
         super().__init__()
         import logging
 
@@ -172,6 +172,8 @@ class VLLMBackend(BaseBackend):
         self.stop_ids = stop_token_ids(path, self.tokenizer)
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False,
                                        stop_token_ids=self.stop_ids)
+        self.use_stop_strings = stop_strings
+        self._greedy: dict[tuple[str, ...], SamplingParams] = {(): self.sampling}
         self._worker_options = {"pristine": pristine, "keep_written": keep_written}
         self.select(path, include, exclude, noise_impl)
 
@@ -185,7 +187,8 @@ class VLLMBackend(BaseBackend):
                    exclude=cfg.population.exclude, device=cfg.runtime.device, noise_impl=cfg.runtime.noise_impl,
                    tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
                    enforce_eager=v.enforce_eager, max_model_len=v.max_model_len, kv_cache_gib=v.kv_cache_gib,
-                   pristine=v.pristine, ranks_on_node=Environment.from_os().local_size)
+                   pristine=v.pristine, ranks_on_node=Environment.from_os().local_size,
+                   stop_strings=cfg.generation.stop_strings)
 
     def select(self, path: str, include: Sequence[str] = (), exclude: Sequence[str] = (), noise_impl: str = "auto",
                **options) -> dict:
@@ -220,17 +223,34 @@ class VLLMBackend(BaseBackend):
         return [len(ids) for ids in self.encoded(examples)]
 
     def generate_ids(self, examples: Sequence[Example], sampling: Sampling | None = None) -> list[list[int]]:
-        """New token ids, greedy or sampled, up to and including the first stop id, in the order of `examples`."""
+        """New token ids, greedy or sampled, up to and including the first stop id or the token that completes
+        a stop string of the example, in the order of `examples`."""
         prompts = [{"prompt_token_ids": ids} for ids in self.encoded(examples)]
+        strings = self.stop_strings_of(examples)
         params = self.sampling
         if sampling is not None:   # one seeded generator per request: a sample does not depend on its batch
-            from vllm import SamplingParams
-
-            params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                     seed=sampling.row_seed(ex.id), max_tokens=self.sampling.max_tokens,
-                                     detokenize=False, stop_token_ids=self.stop_ids) for ex in examples]
+            params = [self._params(s, sampling, ex.id) for ex, s in zip(examples, strings)]
+        elif any(strings):
+            for s in set(strings) - set(self._greedy):
+                self._greedy[s] = self._params(s)
+            params = [self._greedy[s] for s in strings]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [cut_at_stop(o.outputs[0].token_ids, self.stop_ids) for o in outs]
+        # vLLM drops what follows the token that completes a stop string; cut_row cuts where the HF backend
+        # does, on the same decoded text, should its detokenizer ever see the stop a token later.
+        return [self.cut_row(o.outputs[0].token_ids, s) for o, s in zip(outs, strings)]
+
+    def _params(self, strings: tuple[str, ...], sampling: Sampling | None = None, example_id: str = ""):
+        """SamplingParams of one request: greedy, or seeded per item; stop strings need the text decoded, and
+        stay in it as they do in complete()."""
+        from vllm import SamplingParams
+
+        opts = {"max_tokens": self.sampling.max_tokens, "detokenize": bool(strings), "stop_token_ids": self.stop_ids}
+        if strings:
+            opts.update(stop=list(strings), include_stop_str_in_output=True)
+        if sampling is None:
+            return SamplingParams(temperature=0.0, **opts)
+        return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                              seed=sampling.row_seed(example_id), **opts)
 
 
 def sidestep_llvmlite_in_kernel_scan() -> None:

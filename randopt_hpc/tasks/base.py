@@ -21,6 +21,9 @@ class Example:
     target: float = 0.0
     truth: Any = None       # the task's ground truth (an answer string, a test program, ...): JSON-serialisable
     task: str = ""          # the task that scores it, set when one run scores several tasks
+    # Where the answer is complete: generation stops once the new text holds one of these (kept in the
+    # text). On the example, not the backend, so that each example of several tasks stops at its own.
+    stop_strings: tuple = ()
 
 
 def reference_prompt(messages) -> str:
@@ -47,6 +50,7 @@ class Task(Protocol):
     synthetic_limit: int | None   # the most examples synthetic_records can give (None: no limit of its own;
                                   # 0: none, the task reads task.data, or packaged_records() where it has one)
     data_format: str              # what task.data holds, for errors ("parquet or JSONL rows with question, answer")
+    stop_strings: tuple           # what its examples stop at (Example.stop_strings); () for none but EOS
 
     def examples_from_records(self, records: Sequence[dict]) -> list[Example]:
         """Data rows (a task file's objects, or synthetic_records) -> examples; ValueError naming the row."""
@@ -68,6 +72,7 @@ class DataTask:
     name = ""
     takes_template = False
     synthetic_limit = 0
+    stop_strings: tuple = ()
 
     def synthetic_records(self, n: int, seed: int) -> list[dict]:
         if n:

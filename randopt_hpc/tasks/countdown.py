@@ -55,6 +55,9 @@ SYSTEM = ("You are a helpful assistant. You first think about the reasoning proc
           "and then provide the user with the answer.")
 ES_PREFIX = "<think>"
 STYLES = ("reference", "es")
+# Both styles: the reward reads the last answer pair and its format wants the text to end with the closing
+# tag, so generation stops just after the first one, kept. Text after it (a second answer) is not generated.
+STOP_STRINGS = ("</answer>",)
 
 TOLERANCE = 1e-5          # reward and voted correctness (reference ANSWER_MATCH_TOLERANCE)
 KEY_INTEGRAL = 1e-9       # a value this close to an integer votes as that integer (reference NUMERIC_TOLERANCE)
@@ -162,7 +165,7 @@ def examples_from_records(records: list[dict], style: str = "reference") -> list
             messages = (("system", SYSTEM), ("user", user_text(str(list(row["numbers"])), str(row["target"]))))
             prompt, prefix = reference_prompt(messages), ""
         examples.append(Example(id=record_id(row, i), prompt=prompt, messages=messages, response_prefix=prefix,
-                                numbers=numbers, target=target))
+                                numbers=numbers, target=target, stop_strings=STOP_STRINGS))
     return examples
 
 
@@ -365,6 +368,7 @@ class Countdown:
     prompt_styles = STYLES
     synthetic_limit = None      # rows may repeat: no limit but config's own bound on the sizes
     data_format = "a JSON list or JSON lines of rows with numbers (a list of integers) and target"
+    stop_strings = STOP_STRINGS
     synthetic_records = staticmethod(synthetic_records)
     score = staticmethod(score)
     key_correct = staticmethod(key_correct)

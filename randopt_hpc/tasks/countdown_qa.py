@@ -25,6 +25,7 @@ from randopt_hpc.tasks.base import Example, Scored, record_id
 
 OPS = ("+", "-", "*")
 TEMPLATE = "Q: use {numbers} to make {target} A:"   # the wording the demo model was trained on
+STOP_STRINGS = ("\n",)   # the answer is the first line: nothing after its newline is read
 
 
 def prompt(numbers, target_text: str, template: str = TEMPLATE) -> str:
@@ -39,7 +40,7 @@ def examples_from_records(records: list[dict], template: str = TEMPLATE) -> list
         numbers, target, target_text = countdown.parse_row(row, i)
         text = prompt(numbers, target_text, template)
         examples.append(Example(id=record_id(row, i), prompt=text, messages=(("user", text),),
-                                response_prefix="", numbers=numbers, target=target))
+                                response_prefix="", numbers=numbers, target=target, stop_strings=STOP_STRINGS))
     return examples
 
 
@@ -125,6 +126,7 @@ class CountdownQA:
     name = "countdown_qa"
     takes_template = True
     data_format = "a JSON list or JSON lines of rows with numbers (a list of integers) and target"
+    stop_strings = STOP_STRINGS
 
     @property
     def synthetic_limit(self) -> int:

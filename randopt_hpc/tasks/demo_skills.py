@@ -53,6 +53,9 @@ def sample(rng: random.Random, skill: str, exclude: set) -> tuple[str, str]:
 
 
 
+STOP_STRINGS = ("\n",)   # the answer is the first line (_answer): nothing after its newline is read
+
+
 def _answer(completion, skill: str) -> str:
     text = completion.split("\n", 1)[0].strip() if isinstance(completion, str) else ""
     return text.rsplit("=", 1)[-1].strip() if skill == "eval" else text
@@ -64,6 +67,7 @@ class DemoSkill:
     takes_template = False
     synthetic_limit = None
     data_format = "a JSON list or JSON lines of rows with prompt (ending in 'A:') and answer"
+    stop_strings = STOP_STRINGS
 
     @property
     def name(self) -> str:
@@ -87,7 +91,7 @@ class DemoSkill:
                     got = row.get(field) if isinstance(row, dict) else row
                     raise bad_field(i, field, "must be a non-empty string of printable characters", got)
             examples.append(Example(id=record_id(row, i), prompt=row["prompt"], messages=(("user", row["prompt"]),),
-                                    truth=row["answer"].strip()))
+                                    truth=row["answer"].strip(), stop_strings=STOP_STRINGS))
         return examples
 
     def score(self, completion: str, example: Example) -> Scored:

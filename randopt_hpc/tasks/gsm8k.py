@@ -157,6 +157,9 @@ class GSM8K(DataTask):
     name = "gsm8k"
     data_format = ("parquet or JSON rows with question and answer (the solution, ending '#### N'), "
                    "or the reference's preprocessed rows with prompt and reward_model.ground_truth")
+    # None: the answer is the last "#### N" of the final 300 characters, else their last number, so no
+    # text marks where the answer is complete; generation runs to EOS or the cap, as the reference's did.
+    stop_strings = ()
     examples_from_records = staticmethod(examples_from_records)
     score = staticmethod(score)
     key_correct = staticmethod(key_correct)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from randopt_hpc import sandbox
 from randopt_hpc.tasks.base import DataTask, Example, Scored, reference_prompt
-from randopt_hpc.tasks.mbpp import NO_ANSWER, SYSTEM_MESSAGE, bad_field, code_block, row_id, text_field
+from randopt_hpc.tasks.mbpp import NO_ANSWER, STOP_STRINGS, SYSTEM_MESSAGE, bad_field, code_block, row_id, text_field
 
 USER_TEMPLATE = (
     "Complete the following Python function:\n\n"
@@ -132,7 +132,8 @@ def examples_from_records(records: Sequence[dict]) -> list[Example]:
             raise bad_field(i, "entry_point", "must be the name of the function to check", entry)
         messages = (("system", SYSTEM_MESSAGE), ("user", USER_TEMPLATE.format(prompt=prompt.strip("\n"))))
         examples.append(Example(id=row_id(row, i), prompt=reference_prompt(messages), messages=messages,
-                                truth={"prompt": prompt, "test": test, "entry_point": entry}))
+                                truth={"prompt": prompt, "test": test, "entry_point": entry},
+                                stop_strings=STOP_STRINGS))
     return examples
 
 
@@ -158,6 +159,9 @@ class HumanEval(DataTask):
     """The Task (randopt_hpc.tasks.base.Task) over this module's functions."""
     name = "humaneval"
     data_format = "JSONL rows of HumanEval (task_id, prompt, test, entry_point), e.g. HumanEval.jsonl.gz"
+    # MBPP's: the answer-tag pair comes first in the same extraction. A completion with neither tags nor
+    # fences is the code as a whole, and without a closing tag it never stops early.
+    stop_strings = STOP_STRINGS
     examples_from_records = staticmethod(examples_from_records)
     packaged_records = staticmethod(packaged_records)
     score = staticmethod(score)

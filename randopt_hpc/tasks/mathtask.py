@@ -245,6 +245,9 @@ def _olympiad_row(row: dict, index: int) -> tuple[str, str]:
 
 class _MathTask(DataTask):
     instruction = ""
+    # None: the answer is the last \boxed{} of the final 500 characters, else the last of several phrase
+    # patterns, so no text marks where the answer is complete; generation runs to EOS or the cap.
+    stop_strings = ()
 
     def examples_from_records(self, records) -> list[Example]:
         examples = []

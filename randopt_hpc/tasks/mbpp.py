@@ -41,6 +41,10 @@ USER_TEMPLATE = (
 TIMEOUT_S = 5.0          # the reference's per-piece limit, here for the whole program
 SHOWN_TESTS = 3          # tests quoted in the prompt (all of them are run)
 NO_ANSWER = Scored(reward=0.0, correct=False, key=None, answer=None)
+# The prompt asks for the code in answer tags, which the extraction prefers to any fence: the code is
+# complete at the first closing tag (kept: the tag pair needs it). Code given in fences only never stops
+# early, as no fence marks the last one.
+STOP_STRINGS = ("</answer>",)
 
 
 # --------------------------------------------------------------------------- extraction
@@ -134,7 +138,7 @@ def examples_from_records(records: Sequence[dict]) -> list[Example]:
         user = USER_TEMPLATE.format(text=text, tests="\n".join(tests[:SHOWN_TESTS]))
         messages = (("system", SYSTEM_MESSAGE), ("user", user))
         examples.append(Example(id=row_id(row, i), prompt=reference_prompt(messages), messages=messages,
-                                truth=truth))
+                                truth=truth, stop_strings=STOP_STRINGS))
     return examples
 
 
@@ -166,6 +170,7 @@ class MBPP(DataTask):
     """The Task (randopt_hpc.tasks.base.Task) over this module's functions."""
     name = "mbpp"
     data_format = "parquet or JSONL rows of MBPP (text, test_list, test_setup_code; or sanitized prompt, test_imports)"
+    stop_strings = STOP_STRINGS
     examples_from_records = staticmethod(examples_from_records)
     score = staticmethod(score)
     score_many = staticmethod(score_many)

@@ -58,6 +58,11 @@ class Objective:
         cols = tuple(tuple(i for i, ex in enumerate(train) if ex.task == n) for n in names)
         return Objective(tuple(names), cols, task)
 
+    def on(self, positions: Sequence[int]) -> Objective:
+        """The same objective on a subset of the train positions (a halving rung's)."""
+        keep = set(positions)
+        return Objective(self.names, tuple(tuple(p for p in col if p in keep) for col in self.columns), self.task)
+
     def by_task(self, rewards: Sequence[float]) -> list[float]:
         """The mean reward on each task's train examples."""
         return [mean([rewards[i] for i in col]) for col in self.columns]

@@ -155,6 +155,9 @@ class ROCStories(DataTask):
     """The Task (randopt_hpc.tasks.base.Task) over this module's functions."""
     name = "rocstories"
     data_format = "parquet or JSON rows with shuffled_sentences (5 strings), gold_order (a permutation of 0-4), title"
+    # None: the order is the first match of a comma pattern anywhere, before a space pattern anywhere, so
+    # a later line can still change the answer, even across a newline; generation runs to EOS or the cap.
+    stop_strings = ()
     examples_from_records = staticmethod(examples_from_records)
     score = staticmethod(score)
     key_correct = staticmethod(key_correct)

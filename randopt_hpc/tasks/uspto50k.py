@@ -47,6 +47,9 @@ USER_TEMPLATE = (
     "Analyze the key transformation and output the class number (1-10) in <answer>X</answer> tags."
 )
 NUM_CLASSES = 10
+# The tagged answer wins over any bare number, so the answer is complete at the first closing tag (kept:
+# the tag pattern needs it). The bare-number fallback then reads only the text before it.
+STOP_STRINGS = ("</answer>",)
 MAX_DIGITS = 4300   # Python's default int() limit on decimal digits, which bounded the reference's answers
 WINDOW = 8192       # characters read from each end of an over-long completion (see module docstring)
 
@@ -86,7 +89,7 @@ def examples_from_records(records: list[dict]) -> list[Example]:
         smiles, reaction_class = parse_row(row, i)
         messages = (("system", SYSTEM), ("user", USER_TEMPLATE.format(rxn_smiles=simplify_smiles(smiles))))
         examples.append(Example(id=record_id(row, i), prompt=reference_prompt(messages), messages=messages,
-                                truth=reaction_class))
+                                truth=reaction_class, stop_strings=STOP_STRINGS))
     return examples
 
 
@@ -133,6 +136,7 @@ class USPTO50K(DataTask):
     """The Task (randopt_hpc.tasks.base.Task) over this module's functions."""
     name = "uspto50k"
     data_format = "parquet or JSON rows with rxn_smiles (reaction SMILES) and class (1-10)"
+    stop_strings = STOP_STRINGS
     examples_from_records = staticmethod(examples_from_records)
     score = staticmethod(score)
     key_correct = staticmethod(key_correct)

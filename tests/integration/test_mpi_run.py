@@ -87,8 +87,8 @@ def _rerun_equals_uninterrupted(cfg, out, runs):
     assert 3 <= done_before < 12
     again = launch(cfg, 2)
     assert again.returncode == 0, again.stderr[-3000:]
-    # Each rank reports what it found done; together that is everything the interrupted run finished.
-    assert sum(int(k) for k in re.findall(r"are mine, (\d+) already done", again.stderr)) == done_before
+    # Every rank reads every shard: each reports everything the interrupted run finished.
+    assert [int(k) for k in re.findall(r"(\d+) with train answers already", again.stderr)] == [done_before] * 2
     assert_same_results(str(runs["np2"][0]), str(out / "results.h5"))
     indices = [r.index for r in RunFolder(str(out)).records() if r.kind == "candidate"]
     assert sorted(indices) == list(range(12))         # every candidate exactly once across the shards

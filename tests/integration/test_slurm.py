@@ -123,9 +123,9 @@ def test_warning_signal_requeues_and_the_result_equals_uninterrupted(slurm, refe
     logs = [p.read_text() for p in sorted((out / "slurm" / job).glob(f"{job}_[01]_log.err"))]   # one per rank
     assert len(logs) == 2 and all("SIGUSR2 received; stopped before candidate" in log for log in logs)
     assert f"requeueing Slurm job {job} (restart 1 of at most 10)" in logs[0]
-    # Each rank ran twice: nothing done at the first start, its own finished candidates at the second.
-    found = [[int(n) for n in re.findall(r"are mine, (\d+) already done", log)] for log in logs]
-    assert [f[0] for f in found] == [0, 0] and sum(f[1] for f in found) >= 3, found
+    # Each rank ran twice: nothing done at the first start, at the second every rank's finished candidates.
+    found = [[int(n) for n in re.findall(r"(\d+) with train answers already", log)] for log in logs]
+    assert [f[0] for f in found] == [0, 0] and found[0][1] == found[1][1] >= 3, found
     assert_same_results(str(ref), str(out / "results.h5"))
     assert candidate_indices(out) == list(range(16))     # each once across the shards: nothing redone
 

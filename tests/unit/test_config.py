@@ -53,6 +53,8 @@ def test_fingerprint_ignores_only_non_result_fields(base_cfg):
     a = result_fingerprint(load_config(str(path)))
     assert a == result_fingerprint(load_config(str(path), ["output.overwrite=true", "runtime.comm=serial"]))
     assert a != result_fingerprint(load_config(str(path), ["population.seed=1"]))
+    for changed in ("population.noise=table16", "generation.stop_strings=false"):   # what a candidate answers
+        assert a != result_fingerprint(load_config(str(path), [changed]))
 
 
 BAD = [
@@ -87,6 +89,11 @@ BAD = [
     (["vllm.max_model_len=abc"], "vllm.max_model_len"),
     (["vllm.enforce_eager=2"], "vllm.enforce_eager"),
     (["runtime.stop_grace_s=-1"], "runtime.stop_grace_s"),
+    (["population.noise=box"], "population.noise"),
+    (["backend=vllm", "population.noise=table16"], "population.noise"),   # the hf backend's only
+    (["generation.stop_strings=maybe"], "generation.stop_strings"),
+    (["selection.schedule=half"], "selection.schedule"),
+    (["selection.halving.eta=1"], "selection.halving.eta"),
     (["runtime.stage_dir=''"], "runtime.stage_dir"),
     (["output.overwrite=maybe"], "output.overwrite"),
     (["population=3"], "population"),
