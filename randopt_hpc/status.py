@@ -40,6 +40,12 @@ def summarize(out_dir: str, now: float | None = None) -> dict:
     rate = sum(s["rate"] for s in shards)
     done &= set(range(n))   # a shrunk run's shards hold candidates past its N
     left = n - len(done)
+    answers = planned_answers = None
+    if cfg.selection.schedule != "full":   # a candidate's records come rung by rung: count answers, not records
+        answers, planned_answers = train_answers(folder, cfg)
+        busy = sum(sh["busy_s"] for sh in shards)
+        left = planned_answers - min(answers, planned_answers)
+        rate = answers / busy * len(shards) if busy > 0 else 0.0
     planned, answered = folder.test_jobs(n), 0
     jobs = planned[0] if planned else None
     if planned:
@@ -51,8 +57,26 @@ def summarize(out_dir: str, now: float | None = None) -> dict:
             "results_damage": None if damage in (None, "missing") else damage,
             "locked_by": holder.describe() if holder else None,
             "test_jobs": len(jobs) if jobs else None, "test_answered": answered,
+            "schedule": cfg.selection.schedule, "train_answers": answers, "train_answers_planned": planned_answers,
             "rate": rate, "eta_s": (left / rate if rate > 0 else None) if left else (0.0 if damage is None else None),
             "shards": shards}
+
+
+def train_answers(folder: RunFolder, cfg) -> tuple[int, int]:
+    """(train answers the shards hold, those the schedule asks for: every rung's candidates on its examples new
+    to them), counted per (candidate, example); the split's layout from the config (tasks in order)."""
+    from randopt_hpc import halving
+
+    sizes = [t.train_size for t in cfg.all_tasks]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    columns = [list(range(a, a + m)) for a, m in zip(starts, sizes)]
+    n, n_train = cfg.population.size, sum(sizes)
+    plan = halving.rungs(cfg.selection.schedule, n, n_train, cfg.k_max, cfg.selection.halving)
+    counts = [len(halving.positions(columns, r.examples, n_train)) for r in plan]
+    planned = sum(r.candidates * (c - prev) for r, c, prev in zip(plan, counts, [0, *counts]))
+    held = {(r.index, x) for r in folder.records() if r.kind == "candidate" and r.index < n
+            for x in (r.answers.ids or range(len(r.answers.rewards)))}
+    return len(held), planned
 
 
 def summarize_sweep(root: str, now: float | None = None) -> list[dict]:
@@ -90,14 +114,17 @@ def render(s: dict) -> str:
     state = "finished (results.h5 written)" if s["finished"] else (f"all candidates done, {test}, then the vote"
                                                                     if not s["left"] else "not finished")
     eta = "?" if s["eta_s"] is None else f"{s['eta_s']:.0f} s"
+    unit = "candidates" if s["schedule"] == "full" else "train answers"
     lines = [f"{s['dir']}: {s['done']}/{s['population']} candidates ({100 * s['done'] / s['population']:.0f}%), "
-             f"{state}; {s['rate']:.2f} candidates/s while busy, ETA {eta}",
+             f"{state}; {s['rate']:.2f} {unit}/s while busy, ETA {eta}",
              f"{'shard':>6} {'done':>6} {'busy s':>9} {'cand/s':>7} {'last write':>11}"]
     for sh in s["shards"]:
         bad = sh["damaged_lines"]
         lines.append(f"{sh['rank']:>6} {sh['done']:>6} {sh['busy_s']:>9.1f} {sh['rate']:>7.2f} "
                      f"{sh['last_write_s_ago']:>9.0f} s" + (f"  {len(bad)} damaged line(s) skipped: "
                                                             f"{', '.join(map(str, bad[:5]))}" if bad else ""))
+    if s["train_answers"] is not None:
+        lines.insert(1, f"schedule {s['schedule']}: {s['train_answers']}/{s['train_answers_planned']} train answers")
     if s["results_damage"]:
         lines.append(f"results.h5 is damaged ({s['results_damage']}): the next run rebuilds it from the shards")
     if s["locked_by"]:

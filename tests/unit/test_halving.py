@@ -171,8 +171,15 @@ def test_a_halving_run_stopped_mid_rung_resumes_to_the_same_results_computing_no
     first = FakeBackend()
     with pytest.raises(Preempted):
         start(cfg, *HALVING, stop=stop, on_candidate=stop_in_rung_two, backend=first)
+    from randopt_hpc.status import summarize
+
+    stopped = summarize(str(tmp_path / "out"))   # run.yaml says halving: answers are counted, not records
+    assert stopped["train_answers_planned"] == 2 * 16 + 2 * 8 + 4 * 5 and stopped["done"] == 16
+    # The stop is asked for at the second rung's third candidate and taken after it: 3 of its 8 answered.
+    assert stopped["train_answers"] == 2 * 16 + 3 * 2 and stopped["left"] == 2 * 8 + 4 * 5 - 3 * 2
     second = start(cfg, *HALVING)[3]
     assert_same_results(runs["halving"][0], tmp_path / "out" / "results.h5")
+    assert summarize(str(tmp_path / "out"))["train_answers"] == 2 * 16 + 2 * 8 + 4 * 5
     assert first.generated + second.generated == runs["halving"][1]
     parts = [(r.index, r.answers.ids) for r in RunFolder(str(tmp_path / "out")).records() if r.kind == "candidate"]
     asked = [(i, x) for i, ids in parts for x in ids]
