@@ -66,13 +66,24 @@ def positions(columns: Sequence[Sequence[int]], m: int, n_train: int) -> list[in
 Score = Callable[[int, list[int]], object]    # (candidate, positions) -> its score on them (exact, comparable)
 
 
-def walk(plan: Sequence[Rung], columns: Sequence[Sequence[int]], n_train: int, score: Score,
+def asked(plan: Sequence[Rung], columns: Sequence[Sequence[int]], n_train: int) -> list[list[int]]:
+    """Each rung's train positions (a prefix of the next rung's)."""
+    return [positions(columns, rung.examples, n_train) for rung in plan]
+
+
+def planned_answers(plan: Sequence[Rung], rung_positions: Sequence[Sequence[int]]) -> int:
+    """How many train answers the schedule asks for: each rung's candidates on the examples new to it."""
+    counts = [len(p) for p in rung_positions]
+    return sum(r.candidates * (c - prev) for r, c, prev in zip(plan, counts, [0, *counts]))
+
+
+def walk(plan: Sequence[Rung], rung_positions: Sequence[list[int]], score: Score,
          before: Callable[[int, list[int], list[int]], None] | None = None) -> list[list[int]]:
     """Run the schedule: per rung, `before(r, candidates, positions)` (the live run answers what is missing
-    there and shares the rewards), then the rung's candidates ranked by `score`. Returns each rung's ranking."""
+    there and shares the rewards), then the rung's candidates ranked by `score` on the rung's positions
+    (`asked`). Returns each rung's ranking."""
     current, history = list(range(plan[0].candidates)), []
-    for r, rung in enumerate(plan):
-        pos = positions(columns, rung.examples, n_train)
+    for r, pos in enumerate(rung_positions):
         if before:
             before(r, current, pos)
         ranked = select.ranking(current, [score(i, pos) for i in current])

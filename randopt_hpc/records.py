@@ -268,23 +268,16 @@ def spread(a: Answers, ids: Sequence[str]) -> tuple[Answers, tuple[bool, ...]]:
 
 
 def merged(a: CandidateRecord, b: CandidateRecord) -> CandidateRecord:
-    """One candidate's answers from two records (a halving schedule answers the train split in parts), a's
-    first; an example both answer keeps a's answer (the same model's greedy answer: they cannot differ but in
-    settings). A record from before ids were recorded answered the whole split."""
+    """One candidate's answers from two records (a halving schedule answers the train split in parts): a's
+    examples, then b's new ones (`assemble`: an example both answer keeps a's answer, the same model's greedy
+    answer). A record from before ids were recorded answered the whole split."""
     if a.answers.ids is None or b.answers.ids is None:
         return a if a.answers.ids is None or b.answers.ids is not None else b
     have = set(a.answers.ids)
-    new = [j for j, x in enumerate(b.answers.ids) if x not in have]
-    if not new:
+    ids = a.answers.ids + tuple(x for x in b.answers.ids if x not in have)
+    if len(ids) == len(have):
         return a
-
-    def column(name: str):
-        x, y = getattr(a.answers, name), getattr(b.answers, name)
-        return None if x is None or y is None else x + tuple(y[j] for j in new)
-    settings = sorted(set(a.answers.settings or ()) | set(b.answers.settings or ()))
-    answers = Answers(**{f: column(f) for f in ("rewards", "correct", "keys", "answers", "texts", "prompt_tokens",
-                                                "gen_tokens", "finish", "ids")}, settings=tuple(settings) or None)
-    return dataclasses.replace(a, answers=answers, seconds=a.seconds + b.seconds)
+    return dataclasses.replace(a, answers=assemble([a.answers, b.answers], ids), seconds=a.seconds + b.seconds)
 
 
 @dataclass

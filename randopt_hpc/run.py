@@ -12,6 +12,7 @@ import time
 
 from randopt_hpc import halving, select, vote
 from randopt_hpc import population as pop
+from randopt_hpc.backends import run_backend
 from randopt_hpc.comm import EXIT_INTERRUPTED, Preempted, StopFlag, exit_code, install_signals, make_comm, setup_logging
 from randopt_hpc.config import ConfigError, load_config
 from randopt_hpc.data import make_task
@@ -45,7 +46,7 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     timer = Timer()
     task = make_task(cfg)
     objective = Objective.of(train, [t.name for t in cfg.all_tasks], cfg.selection.task)
-    ev = Evaluator(backend or lazy_backend(cfg, comm, env, log, timer), task, timer, cfg.output.save_text,
+    ev = Evaluator(backend or run_backend(cfg, comm, env, log, timer), task, timer, cfg.output.save_text,
                    settings(cfg))
     shard = folder.writer(rank)
     progress = Progress(folder, cfg.runtime.progress_every_s, log) if rank == 0 else None
@@ -109,8 +110,9 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     # One global ranking from everyone's exact scores (the last rung's, then the earlier rungs' for those they
     # dropped); every top-K is a prefix of it.
     on: dict = {}
+    rung_positions = halving.asked(plan, objective.columns, len(train))
     with timer("population"):   # the phase's wall time on this rank, its waits included
-        history = halving.walk(plan, objective.columns, len(train), score, rung)
+        history = halving.walk(plan, rung_positions, score, rung)
     if progress:
         progress.end_phase()
     order, k = halving.final_order(history), cfg.k_max
@@ -140,8 +142,7 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
         population, base, members, samples = collect(parts, done, n, every_member, cfg.generation.samples)
         # What the schedule asked of each candidate, and no more: a folder that held a full run's answers
         # writes what a fresh run of this schedule writes.
-        asked = [[train[p].id for p in halving.positions(objective.columns, plan[r].examples, len(train))]
-                 for r in range(len(plan))]
+        asked = [[train[p].id for p in pos] for pos in rung_positions]
         population = [dataclasses.replace(c, answers=assemble([c.answers], asked[r]))
                       for c, r in zip(population, halving.last_rungs(plan, history))]
         ks, train_ids = sorted(cfg.selection.top_k), [ex.id for ex in train]
@@ -357,43 +358,6 @@ def model_parameters(path: str) -> int:
         return weight_bytes(path, 1)
     except (ValueError, OSError):
         return 0
-
-
-class _Lazy:
-    """A backend loaded on first use: a rerun with nothing left to answer on this rank (another K, new
-    settings) votes and writes without loading a model."""
-
-    def __init__(self, load):
-        self._load, self._backend = load, None
-
-    def __getattr__(self, name):
-        if self._backend is None:
-            self._backend = self._load()
-        return getattr(self._backend, name)
-
-
-def lazy_backend(cfg, comm, env, log, timer):
-    def load():
-        with timer("load"):
-            return load_backend(cfg, comm, env, log)
-    # Staging waits for the node's other ranks (a barrier), so every rank must load, and at once.
-    return load() if cfg.runtime.stage_dir else _Lazy(load)
-
-
-def load_backend(cfg, comm, env, log):
-    """The configured backend on the model, staged first (one copy per node) when runtime.stage_dir asks."""
-    from randopt_hpc.backends import make_backend
-
-    model_path = cfg.model.path
-    if cfg.runtime.stage_dir:
-        from randopt_hpc.stage import stage_model, staged_path
-
-        if env.local_rank == 0:   # one copy per node; the node's other ranks wait for it
-            stage_model(cfg.model.path, cfg.runtime.stage_dir, log=log.info)
-        comm.barrier()
-        model_path = staged_path(cfg.model.path, cfg.runtime.stage_dir)
-        log.info("model staged at %s", model_path)
-    return make_backend(cfg, model_path)
 
 
 def write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, samples, timings,

@@ -72,8 +72,7 @@ def train_answers(folder: RunFolder, cfg) -> tuple[int, int]:
     columns = [list(range(a, a + m)) for a, m in zip(starts, sizes)]
     n, n_train = cfg.population.size, sum(sizes)
     plan = halving.rungs(cfg.selection.schedule, n, n_train, cfg.k_max, cfg.selection.halving)
-    counts = [len(halving.positions(columns, r.examples, n_train)) for r in plan]
-    planned = sum(r.candidates * (c - prev) for r, c, prev in zip(plan, counts, [0, *counts]))
+    planned = halving.planned_answers(plan, halving.asked(plan, columns, n_train))
     held = {(r.index, x) for r in folder.records() if r.kind == "candidate" and r.index < n
             for x in (r.answers.ids or range(len(r.answers.rewards)))}
     return len(held), planned

@@ -191,15 +191,23 @@ def passk(files, as_json):
 @click.option("--eta", type=click.IntRange(min=2), default=None, help="Keep 1/eta per rung, eta times the examples.")
 @click.option("--keep", type=click.FloatRange(min=1), default=None, help="Never fewer survivors than keep × max K.")
 @click.option("--k", "ks", type=click.IntRange(min=1), multiple=True, help="K values (default: the run's top_k).")
+@click.option("--live", default=None, metavar="FILE", help="A live run of the schedule: whether its top K (its "
+              "selection/ranking) are the replay's, in order.")
 @json_option
-def halving(files, schedule, first, eta, keep, ks, as_json):
+def halving(files, schedule, first, eta, keep, ks, live, as_json):
     """Replay a selection schedule on each run's stored per-example train rewards: its rungs, the train examples
     and generated tokens it costs against the file's, and how many of its top-K members are the file's top K.
     A live run with the same schedule selects exactly these members (randopt_hpc.halving, one code)."""
     def build(f, path):
         stored = (runfile.config(f).get("selection") or {}).get("halving") or {}
         hc = schedules.halving_config(stored, first=first, eta=eta, keep=keep)
-        return schedules.replay(f, path, schedule, hc, list(ks) or None)
+        out = schedules.replay(f, path, schedule, hc, list(ks) or None)
+        if live:
+            with runfile.open_results(live) as g:
+                ranking = g["selection/ranking"][()].tolist()
+            for t in out["top"]:
+                t["live_equal"] = ranking[:t["k"]] == t["members"]
+        return out
     _emit(_each(files, build), as_json, schedules.render)
 
 

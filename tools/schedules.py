@@ -58,16 +58,15 @@ def replay(f, path: str, schedule: str, hc: halving.HalvingConfig, ks: list[int]
             on[len(pos)] = objective.on(pos)
         return on[len(pos)].exact(rewards[i].tolist())
 
-    history = halving.walk(plan, objective.columns, n_train, score)
+    asked = halving.asked(plan, objective.columns, n_train)
+    history = halving.walk(plan, asked, score)
     order = halving.final_order(history)
-    asked = [halving.positions(objective.columns, plan[r].examples, n_train) for r in range(len(plan))]
     last = halving.last_rungs(plan, history)
     count = [len(asked[r]) for r in last]
     tokens = f["population/train_gen_tokens"][()] if "population/train_gen_tokens" in f else None
     out = {"path": path, "title": runfile.title(f, path), "schedule": schedule,
            "halving": {"first": hc.first, "eta": hc.eta, "keep": hc.keep} if schedule == "halving" else None,
-           "rungs": [{"examples": len(halving.positions(objective.columns, r.examples, n_train)),
-                      "candidates": r.candidates} for r in plan],
+           "rungs": [{"examples": len(pos), "candidates": r.candidates} for r, pos in zip(plan, asked)],
            "examples": int(sum(count)), "examples_full": n * n_train,
            "top": [{"k": k, "overlap": len(set(order[:k]) & set(stored_order[:k])), "members": order[:k]}
                    for k in sorted(ks)]}
@@ -113,5 +112,7 @@ def render(d: dict) -> str:
         if "vote" in t:
             line += f"; test accuracy of its vote {t['vote']:.3f}" + \
                 (f" (the file's top-{t['k']}: {t['file_vote']:.3f})" if t["file_vote"] is not None else "")
+        if "live_equal" in t:
+            line += "; the live run's top-{}: {}".format(t["k"], "the same" if t["live_equal"] else "DIFFERENT")
         lines.append(line + "; members " + " ".join(map(str, t["members"])))
     return "\n".join(lines)

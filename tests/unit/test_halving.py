@@ -69,13 +69,16 @@ def test_walk_and_final_order_equal_a_direct_implementation():
         rewards = np.array([[rng.choice([0.0, 0.1, 1.0]) for _ in range(n_train)] for _ in range(n)])
         hc = HalvingConfig(rng.randint(1, n_train), rng.randint(2, 4), rng.choice([1.0, 1.5, 2.0]))
         plan = halving.rungs("halving", n, n_train, rng.randint(1, n), hc)
-        history = halving.walk(plan, [list(range(n_train))], n_train,
+        asked = halving.asked(plan, [list(range(n_train))], n_train)
+        history = halving.walk(plan, asked,
                                lambda i, pos, rewards=rewards: sum(Fraction(str(rewards[i, p])) for p in pos))
         order = halving.final_order(history)
         assert sorted(order) == list(range(n)) and order == brute_force(rewards, plan)
         assert [len(h) for h in history] == [r.candidates for r in plan]
         last = halving.last_rungs(plan, history)
         assert sum(last[i] == len(plan) - 1 for i in range(n)) == plan[-1].candidates
+        # What the schedule asks for, counted rung by rung, is what its candidates answered in the end.
+        assert halving.planned_answers(plan, asked) == sum(len(asked[r]) for r in last)
 
 
 def test_bad_halving_settings_name_the_field(tmp_path):
@@ -203,3 +206,16 @@ def test_a_full_run_switched_to_halving_generates_nothing_for_the_population_and
         missing = 16 * 8 - int(h["population/train_examples"][()].sum())
         new_members = set(_members(g)) - set(_members(h))
     assert back.generated == missing + len(new_members) * 12
+
+
+def test_analyze_halving_says_a_live_run_selected_what_the_replay_selects(runs):
+    from click.testing import CliRunner
+
+    from tools.analyze import cli
+
+    args = ["halving", str(runs["full"][0]), "--first", "2", "--eta", "2", "--keep", "1"]
+    same = CliRunner().invoke(cli, [*args, "--live", str(runs["halving"][0])])
+    assert same.exit_code == 0, same.output
+    assert same.output.count("the same") == 3 and "DIFFERENT" not in same.output     # K = 1, 3, 5
+    other = CliRunner().invoke(cli, [*args, "--eta", "3", "--live", str(runs["halving"][0])])
+    assert other.exit_code == 0 and "rungs: 16 on 2 -> 6 on 6 -> 5 on 8" in other.output
