@@ -1,6 +1,6 @@
-"""An experiment, not yet the hf backend's path: bench/greedy_loop.py's greedy_ids against model.generate on the
-demo model: seconds per candidate (the config's train prompts, batch size and max_new_tokens), the speed ratio,
-and how many rows differ.
+"""The hf backend's greedy loop (randopt_hpc.backends.greedy.greedy_ids, runtime.decoder loop/auto) against
+model.generate on the demo model: seconds per candidate (the config's train prompts, batch size and
+max_new_tokens), the speed ratio, and how many rows differ.
 
     python bench/bench_greedy.py [--config configs/demo.yaml] [--seeds 10] [--variants]
 
@@ -17,7 +17,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> None:
@@ -30,10 +29,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from greedy_loop import greedy_ids  # bench/: an experiment, not yet the backend's path
-
     from randopt_hpc.backends import make_backend
     from randopt_hpc.backends.base import cut_at_stop
+    from randopt_hpc.backends.greedy import greedy_ids
     from randopt_hpc.config import load_config
     from randopt_hpc.data import load_examples
 
@@ -77,7 +75,8 @@ def main() -> None:
                 cpu[name].append(time.process_time() - c)
                 ref = ids if ref is None else ref
                 diff[name] += sum(a != c for a, c in zip(ref, ids))
-            # The project's path (stop strings too): the same rows unless a stop string ends one first.
+            # The project's path (stop strings too, runtime.decoder as configured): the same rows unless a stop
+            # string ends one first.
             diff_project += sum(a != c for a, c in zip(ref, b.generate_ids(train)))
         finally:
             b.restore()
@@ -91,7 +90,8 @@ def main() -> None:
         print(f"{name:22s} wall {med:.3f} s/candidate (min {min(ts):.3f}) x{base / med:.2f} | "
               f"cpu {med_cpu:.3f} s x{base_cpu / med_cpu:.2f} | "
               f"rows differing {diff[name]} of {len(models) * len(train)}")
-    print(f"rows where b.generate_ids (stop strings on) differs from model.generate: {diff_project}")
+    print(f"rows where b.generate_ids (stop strings on, decoder {b.decoder}) differs from model.generate: "
+          f"{diff_project}")
 
 
 if __name__ == "__main__":

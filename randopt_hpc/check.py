@@ -33,7 +33,7 @@ from randopt_hpc.memplan import (
     node_memory,
     prompt_tokens,
 )
-from randopt_hpc.modelcheck import check_model, has_chat_template
+from randopt_hpc.modelcheck import MLP_TYPE, check_model, has_chat_template, mlp_shapes
 from randopt_hpc.population import select_names
 
 TIED_BY_DEFAULT = ("gemma", "gemma2", "gemma3_text")   # transformers' default when config.json leaves it out
@@ -66,6 +66,11 @@ def layout_problems(cfg, model: Model) -> list[str]:
     if not selected:
         return [f"population.include: with population.exclude, it selects no tensor of the checkpoint in "
                 f"{cfg.model.path}"]
+    if (cfg.backend == "mlp") != (model.config.get("model_type") == MLP_TYPE):
+        return [f"backend: {cfg.backend} cannot run {cfg.model.path} (model_type "
+                f"{model.config.get('model_type')!r}); backend mlp runs model_type {MLP_TYPE} and nothing else"]
+    if cfg.backend == "mlp":
+        return mlp_problems(cfg, model)
     if cfg.backend != "vllm":
         return []
     from randopt_hpc import tp
@@ -90,11 +95,29 @@ def layout_problems(cfg, model: Model) -> list[str]:
     return []
 
 
+def mlp_problems(cfg, model: Model) -> list[str]:
+    """What backends.mlp.load_mlp refuses about an MLP checkpoint, and what the backend cannot do."""
+    where = f"model.path: {os.path.join(cfg.model.path, 'config.json')}"
+    try:
+        want = mlp_shapes(model.config)
+    except ValueError as e:
+        return [f"{where}: {e}"]
+    if model.tensors != want:
+        return [f"{where}: its tensors {_shapes(model.tensors)} are not the MLP it describes {_shapes(want)}"[:400]]
+    if cfg.model.dtype != "float32":
+        return [f"model.dtype: backend mlp computes in float32; got {cfg.model.dtype}"]
+    return []
+
+
+def _shapes(tensors: dict) -> str:
+    return ", ".join(f"{k} {list(v)}" for k, v in sorted(tensors.items()))
+
+
 def model_problems(cfg) -> tuple[list[str], Model | None]:
     """The model folder's files, its layout for the backend and its chat template: file reads only
     (milliseconds), so every rank runs them before MPI starts."""
     try:
-        check_model(cfg.model.path)
+        check_model(cfg.model.path, tokenizer=cfg.backend != "mlp")
         model = read_model(cfg.model.path)
     except ValueError as e:   # ModelError; checkpoint_files' refusals
         return [str(e)], None

@@ -29,8 +29,10 @@ from randopt_hpc.configrules import (
     within,
 )
 from randopt_hpc.halving import SCHEDULES, HalvingConfig
-from randopt_hpc.population import NOISE_VERSIONS
+from randopt_hpc.population import DEALS, NOISE_VERSIONS
 from randopt_hpc.slurmconfig import SlurmConfig
+
+DECODERS = ("auto", "generate", "loop")   # runtime.decoder (randopt_hpc.backends.hf)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ class RuntimeConfig:
     progress_every_s: float = 5.0
     stage_dir: str | None = None
     stop_grace_s: float = 60.0
+    schedule: str = "strided"    # who computes which candidate; never what it is
+    decoder: str = "auto"        # hf backend, greedy: transformers' generate() or the exact greedy loop
 
     def validate(self) -> None:
         choice("runtime.comm", self.comm, ("auto", "mpi", "serial"))
@@ -186,6 +190,8 @@ class RuntimeConfig:
         require(self.stage_dir is None or bool(self.stage_dir.strip()), "runtime.stage_dir",
                  "must be a folder or null, got an empty string")
         require(self.stop_grace_s >= 0, "runtime.stop_grace_s", f"must be >= 0, got {self.stop_grace_s}")
+        choice("runtime.schedule", self.schedule, DEALS)
+        choice("runtime.decoder", self.decoder, DECODERS)
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,8 @@ class Config:
         choice("backend", self.backend, tuple(BACKENDS))
         require(self.backend == "hf" or self.population.noise == "boxmuller", "population.noise",
                 f"{self.population.noise} is drawn by the hf backend only; backend {self.backend} needs boxmuller")
+        require(self.backend != "mlp" or self.generation.samples == 0, "generation.samples",
+                f"backend mlp rolls out greedily only; set 0, got {self.generation.samples}")
         if self.tasks:
             require(self.tasks[0] == self.task, "task", "with several tasks, `task` is the first of `tasks`")
             for i, t in enumerate(self.tasks):

@@ -30,20 +30,21 @@ MEANINGS = {
                   "tokenizer has one (the reference's rule), else the plain prompt; `true`, `false` "
                   "([docs/tasks.md](docs/tasks.md#prompts-modelchat-and-taskprompt_style))",
     "backend": "`hf` (transformers) or `vllm` (one in-process engine per rank; the same model for a seed, see "
-               "[The vLLM backend](#the-vllm-backend))",
+               "[The vLLM backend](#the-vllm-backend)); `mlp`: the 1-D toy's MLP (task `toy_signal`)",
     "task": "one task section (the `task.*` keys), or a list of them: several tasks scored on one population; "
             "each candidate answers every task's train split and results.h5 keeps the N × tasks score matrix "
             "([docs/tasks.md](docs/tasks.md#several-tasks-one-population))",
     "task.name": "the task ([docs/tasks.md](docs/tasks.md)); `countdown_qa` is the demo model's short form "
                  "of countdown",
     "task.data": "a local JSON, JSONL(.gz) or parquet file in the task's public format, or null: synthetic "
-                 "problems for countdown and the demo tasks, the packaged problems for humaneval",
+                 "problems for countdown, the demo tasks and toy_signal, the packaged problems for humaneval",
     "task.train_size": "the train split: the data's first rows, on which every candidate is scored",
     "task.test_size": "the test split: the data's last rows, which the selected members answer and vote on",
     "task.seed": "seed of the synthetic problems",
-    "task.template": "`countdown_qa` only: the question's wording, with `{numbers}` and `{target}` (null = as "
+    "task.template": "`countdown_qa`: the question's wording, with `{numbers}` and `{target}` (null = as "
                      "the demo model was trained); on the command line quote it for YAML: "
-                     "`'task.template=\"Q: use {numbers} and make {target} A:\"'`",
+                     "`'task.template=\"Q: use {numbers} and make {target} A:\"'`; `toy_signal`: its signal, "
+                     "e.g. `family=sinusoid ctx=10 fut=60`",
     "task.prompt_style": "countdown only: `reference` (the RandOpt repository's prompt) or `es` (ES-at-scale's, "
                          "`<think>` prefilled); null = the task's default (reference)",
     "population.size": "N, the number of perturbed candidates",
@@ -94,6 +95,10 @@ MEANINGS = {
     "runtime.progress_every_s": "seconds between rank 0's progress lines in the log",
     "runtime.stage_dir": "copy the model here once per node first (node-local disk; `$VARS` expand on the "
                          "node); null = read model.path in place",
+    "runtime.schedule": "who computes which candidate and test job: `strided` (rank r takes every size-th) or "
+                        "`dynamic` (a free rank takes the next from a shared counter); results are the same",
+    "runtime.decoder": "hf backend, greedy answers: `generate` (transformers) or `loop` (an exact greedy loop, "
+                       "same tokens, faster); `auto`: loop on CPU for greedy answers, else generate",
     "runtime.stop_grace_s": "after SIGTERM/SIGUSR1/SIGUSR2: how long stopped ranks wait for the others",
     "vllm.tensor_parallel_size": "GPUs per engine (tensor parallel); each rank drives one engine",
     "vllm.gpu_memory_utilization": "the share of each GPU's memory the engine may take (vLLM's own default); "
@@ -129,7 +134,8 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {"model.dtype": ("float32", "bfloat16", "float16"), "model.chat": ("auto", "true", "false"),
             "backend": tuple(BACKENDS), "task.name": tuple(sorted(TASKS)),
             "population.sigma_assignment": ("random", "blocked"), "runtime.comm": ("auto", "mpi", "serial"),
-            "runtime.noise_impl": ("auto", "torch", "numba"), "vllm.pristine": ("device", "host")}
+            "runtime.noise_impl": ("auto", "torch", "numba"), "runtime.schedule": ("strided", "dynamic"),
+            "runtime.decoder": ("auto", "generate", "loop"), "vllm.pristine": ("device", "host")}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,6 +61,33 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Slow:
+    """RANDOPT_SLOW=SECONDS:I,J,...: candidates I, J, ... take SECONDS longer, on whichever rank computes them
+    (a test seam for the schedules: a share of runaway candidates on purpose). Timed as part of the candidate."""
+    seconds: float
+    indices: frozenset
+
+    @staticmethod
+    def parse(text: str | None) -> Slow | None:
+        if not text:
+            return None
+        head, _, tail = text.partition(":")
+        try:
+            seconds, indices = float(head), frozenset(int(i) for i in tail.split(",") if i.strip())
+        except ValueError:
+            seconds, indices = -1.0, frozenset()
+        if not (0 <= seconds < float("inf")) or not indices or min(indices) < 0:
+            raise ValueError(f"RANDOPT_SLOW: expected SECONDS:I,J,... (seconds >= 0, indices >= 0), got {text!r}")
+        return Slow(seconds, indices)
+
+    def pause(self, index: int) -> None:
+        if index in self.indices:
+            import time
+
+            time.sleep(self.seconds)
+
+
+@dataclass(frozen=True)
 class Environment:
     launched_rank: int | None     # what the launcher says, before MPI is initialised
     launched_size: int | None
@@ -73,6 +100,7 @@ class Environment:
     restart_count: int = 0              # SLURM_RESTART_COUNT: requeues so far
     slurm_array_task: str | None = None  # "ARRAYJOB_TASK" in a job array: the id that requeues this task alone
     local_size: int = 1                 # ranks on this node (they share its memory and cores)
+    slow: Slow | None = None            # RANDOPT_SLOW: a test seam (Slow)
 
     @staticmethod
     def from_os(environ: dict | None = None) -> Environment:
@@ -86,7 +114,8 @@ class Environment:
             max_requeues=first(("RANDOPT_REQUEUE",)) or 0, restart_count=first(("SLURM_RESTART_COUNT",)) or 0,
             slurm_array_task=(f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
                               if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID") else None),
-            local_size=first(_LOCAL_SIZE_VARS) or _slurm_tasks_here(env) or 1)
+            local_size=first(_LOCAL_SIZE_VARS) or _slurm_tasks_here(env) or 1,
+            slow=Slow.parse(env.get("RANDOPT_SLOW")))
 
     @property
     def requeue_id(self) -> str | None:

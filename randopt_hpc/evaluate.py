@@ -15,8 +15,10 @@ from randopt_hpc.tasks.base import score_all
 
 class Evaluator:
     def __init__(self, backend, task, timer: Timer | None = None, keep_text: bool = False,
-                 settings: dict | None = None):
+                 settings: dict | None = None, *, rank: int = 0, pause=None):
         self.backend, self.task = backend, task
+        self.rank = rank               # recorded with each answer set: who answered it
+        self.pause = pause             # pause(index) before a candidate: a test seam that makes chosen ones slow
         self.timer = timer or Timer()
         self.keep_text = keep_text     # output.save_text: raw completions of candidates and members
         self.settings = settings       # fingerprint.settings(cfg), recorded with every answer set
@@ -26,6 +28,7 @@ class Evaluator:
         """Greedy answers of the base model (cand None) or of a perturbed candidate, scored; or, with
         `sampling`, one sampled answer of the base model per example."""
         t = self.timer
+        self.backend.perturb   # noqa: B018  a lazily loaded backend loads now, in its own timer, not in perturb's
         if cand is not None:
             with t("perturb"):
                 self.backend.perturb(cand.seed, cand.sigma)
@@ -41,17 +44,25 @@ class Evaluator:
 
     def candidate(self, cand: Candidate, train, rank: int) -> CandidateRecord:
         t0 = time.perf_counter()
+        if self.pause:
+            self.pause(cand.index)
         answers = self.answers(train, cand)
         self.timer.count("candidates")
         return CandidateRecord(index=cand.index, seed=cand.seed, sigma=cand.sigma, answers=answers, rank=rank,
                                seconds=time.perf_counter() - t0)
 
     def member(self, cand: Candidate, test) -> MemberRecord:
-        return MemberRecord(index=cand.index, answers=self.answers(test, cand))
+        t0 = time.perf_counter()
+        answers = self.answers(test, cand)
+        return MemberRecord(index=cand.index, answers=answers, rank=self.rank, seconds=time.perf_counter() - t0)
 
     def base(self, split: str, examples) -> BaseRecord:
         # One model: its raw completions are always kept.
-        return BaseRecord(split=split, answers=self.answers(examples, keep_text=True))
+        t0 = time.perf_counter()
+        answers = self.answers(examples, keep_text=True)
+        return BaseRecord(split=split, answers=answers, rank=self.rank, seconds=time.perf_counter() - t0)
 
     def sample(self, sampling: Sampling, test) -> SampleRecord:
-        return SampleRecord(index=sampling.index, answers=self.answers(test, sampling=sampling))
+        t0 = time.perf_counter()
+        answers = self.answers(test, sampling=sampling)
+        return SampleRecord(index=sampling.index, answers=answers, rank=self.rank, seconds=time.perf_counter() - t0)

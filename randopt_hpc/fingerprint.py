@@ -22,7 +22,7 @@ from randopt_hpc.config import Config, to_dict
 # A section name stands for all its fields.
 NON_RESULT_FIELDS = ("output.dir", "output.overwrite", "output.save_text", "runtime.comm",
                      "runtime.progress_every_s", "runtime.noise_impl", "runtime.stage_dir", "runtime.stop_grace_s",
-                     "slurm")
+                     "runtime.schedule", "runtime.decoder", "slurm")
 SETTINGS = ("generation.batch_size", "runtime.threads")
 GROWABLE = ("population.size", "selection.top_k", "selection.control", "selection.control_size", "selection.task",
             "selection.schedule", "selection.halving.first", "selection.halving.eta", "selection.halving.keep",

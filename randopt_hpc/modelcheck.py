@@ -17,7 +17,7 @@ import json
 import os
 import struct
 
-__all__ = ["ModelError", "check_model", "DTYPE_BITS"]
+__all__ = ["ModelError", "check_model", "DTYPE_BITS", "MLP_TYPE", "mlp_shapes"]
 
 INDEX = "model.safetensors.index.json"
 MAX_HEADER = 100_000_000          # the safetensors loader's own limit on the JSON header length
@@ -53,8 +53,9 @@ class ModelError(ValueError):
         super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
-def check_model(path: str) -> None:
-    """Raise ModelError naming the first faulty file of the model folder at `path`, or return None."""
+def check_model(path: str, tokenizer: bool = True) -> None:
+    """Raise ModelError naming the first faulty file of the model folder at `path`, or return None;
+    tokenizer=False for a backend that reads numbers, not text (mlp)."""
     if not path:
         raise ModelError("(empty)", "no model folder given")
     if not os.path.exists(path):
@@ -67,7 +68,8 @@ def check_model(path: str) -> None:
         raise ModelError(path, f"cannot list the folder: {_os_reason(e)}") from None
     _check_config(path)
     _check_weights(path, names)
-    _check_tokenizer(path)
+    if tokenizer:
+        _check_tokenizer(path)
     for rel in OPTIONAL_OBJECTS:
         if _present(path, rel):
             _read_object(path, rel)
@@ -97,6 +99,28 @@ def _check_sizes(where: str, cfg: dict, prefix: str) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise ModelError(where, f"{prefix}{key} is {_show(value)}; expected a positive integer")
+
+
+# --- the 1-D toy's MLP (randopt_hpc.backends.mlp) ------------------------------------------------------------
+
+MLP_TYPE = "randopt_mlp"          # config.json model_type of an MLP checkpoint
+
+
+def mlp_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Checkpoint tensor -> shape of the MLP config.json describes: Linear(ctx, width), depth - 2 ×
+    (ReLU, Linear(width, width)), ReLU, Linear(width, 1), named as the reference's ModuleList (ReLUs take
+    the odd places). Here, not in the backend, so that the preflight checks a folder without torch."""
+    sizes = {k: config.get(k) for k in ("ctx", "width", "depth")}
+    for k, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not (2 if k == "depth" else 1) <= v <= 1 << 20:
+            raise ValueError(f"{k} is {_show(v)}; expected an integer in [{2 if k == 'depth' else 1}, 1048576]")
+    ctx, width, depth = sizes["ctx"], sizes["width"], sizes["depth"]
+    dims = [ctx] + [width] * (depth - 1) + [1]
+    out = {}
+    for j in range(depth):
+        out[f"layers.{2 * j}.weight"] = (dims[j + 1], dims[j])
+        out[f"layers.{2 * j}.bias"] = (dims[j + 1],)
+    return out
 
 
 # --- weights ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ class Timer:
         self._n[what] += k
 
     def totals(self) -> dict:
-        out = {p: self._s.get(p, 0.0) for p in ("load", "wait", "population", *BUSY_PHASES)}
+        out = {p: self._s.get(p, 0.0) for p in ("load", "wait", "population", "test", *BUSY_PHASES)}
         out["busy"] = sum(out[p] for p in BUSY_PHASES)
         out["wall"] = time.perf_counter() - self.start
         out["candidates"] = self._n.get("candidates", 0)

@@ -2,9 +2,9 @@
 
 Four kinds, one JSON object per shard line:
   candidate  {"type": "candidate", "index", "seed", "sigma", "score", "accuracy", <answers>, "rank", "seconds"}
-  base       {"type": "base", "split": "train" | "test", <answers>}
-  member     {"type": "member", "index", <answers>}
-  sample     {"type": "sample", "index": s, <answers>}     the base model's sample s on the test split
+  base       {"type": "base", "split": "train" | "test", <answers>, "rank", "seconds"}
+  member     {"type": "member", "index", <answers>, "rank", "seconds"}   all or part of the test split
+  sample     {"type": "sample", "index": s, <answers>, "rank", "seconds"}   the base model's sample s (test)
 where <answers> is "rewards", "correct", "keys", "answers", "texts" (one entry per example; texts may
 be null) and "prompt_tokens", "gen_tokens", "finish" (token accounting; absent in lines written before
 it existed). `from_json` refuses anything else, so a hand-edited or foreign line is never half-read.
@@ -149,20 +149,35 @@ class CandidateRecord(_Keyed):
                 "seconds": self.seconds}
 
 
+class _Job(_Keyed):
+    """A record answered as one job of the run (`rank` and `seconds`: who answered it and how long it took;
+    -1 and NaN in lines from before they were recorded)."""
+    rank: int
+    seconds: float
+
+    def fields(self) -> dict:
+        return {**super().fields(), **({"rank": self.rank, "seconds": self.seconds} if self.rank >= 0 else {})}
+
+
 @dataclass(frozen=True)
-class BaseRecord(_Keyed):
+class BaseRecord(_Job):
     """The unperturbed model's answers on one split (its texts are always kept: one model is cheap)."""
     split: str
     answers: Answers
+    rank: int = -1
+    seconds: float = float("nan")
     kind = "base"
     key_field = "split"
 
 
 @dataclass(frozen=True)
-class MemberRecord(_Keyed):
-    """An ensemble member's answers on the test split."""
+class MemberRecord(_Job):
+    """An ensemble member's answers on the test split, or on a part of it (a member's test answers are
+    shared between ranks by parts: randopt_hpc.jobs)."""
     index: int
     answers: Answers
+    rank: int = -1
+    seconds: float = float("nan")
     kind = "member"
     key_field = "index"
 
@@ -206,13 +221,14 @@ def from_json(line: str) -> Record:
                 raise ValueError("sigma must be a positive number")
             return CandidateRecord(index=_int(d, "index"), seed=_int(d, "seed"), sigma=sigma, answers=answers,
                                    rank=_int(d, "rank"), seconds=seconds)
+        job = {"rank": _int(d, "rank"), "seconds": float(d["seconds"])} if "seconds" in d else {}
         if d["type"] == "base":
             if d["split"] not in ("train", "test"):
                 raise ValueError("split must be train or test")
-            return BaseRecord(split=d["split"], answers=answers)
+            return BaseRecord(split=d["split"], answers=answers, **job)
         if d["type"] == "sample":
-            return SampleRecord(index=_int(d, "index"), answers=answers)
-        return MemberRecord(index=_int(d, "index"), answers=answers)
+            return SampleRecord(index=_int(d, "index"), answers=answers, **job)
+        return MemberRecord(index=_int(d, "index"), answers=answers, **job)
     except (KeyError, TypeError) as e:
         raise ValueError(f"{d['type']} record lacks or mistypes {e}") from None
 
@@ -289,6 +305,7 @@ class Done:
     base: dict
     members: dict
     samples: dict
+    jobs: list = dataclasses.field(default_factory=list)   # every base, member and sample record, as added
 
     @staticmethod
     def of(records) -> Done:
@@ -305,6 +322,7 @@ class Done:
             self.candidates[r.key] = merged(self.candidates[r.key], r) if r.key in self.candidates else r
         else:
             self.table(r.kind).setdefault(r.key, []).append(r.answers)
+            self.jobs.append(r)
 
     def answers(self, kind: str, key, examples) -> Answers | None:
         return assemble(self.table(kind).get(key, ()), [ex.id for ex in examples])

@@ -81,11 +81,12 @@ def _by_task(flags, examples, names) -> list[float]:
 
 
 def build_tree(cfg, train, test, base: dict, population: list, order: list, votes: dict, member_answers: dict,
-               samples: list, timings: list, objective, judge=None) -> dict:
+               samples: list, timings: list, objective, judge=None, jobs: list = ()) -> dict:
     """The results.h5 tree (docs/results-schema.md): base = {split: Answers}, population = every
     CandidateRecord, votes = {group name: EnsembleVote} (randopt_hpc.run.ensembles), samples = the base
     model's sampled test Answers in sample order, objective = the ranking's score
-    (randopt_hpc.tasks.multi.Objective), judge = the task's verdict on a test key (vote.judge_with)."""
+    (randopt_hpc.tasks.multi.Objective), judge = the task's verdict on a test key (vote.judge_with), jobs = the
+    base, member and sample records in the order they were added (randopt_hpc.records.Done.jobs)."""
     if [r.index for r in population] != list(range(cfg.population.size)):
         raise ValueError(f"population incomplete: {len(population)} of {cfg.population.size} candidates")
     # A candidate a halving schedule dropped answered part of the split: the rest is marked, its score its own.
@@ -161,7 +162,24 @@ def build_tree(cfg, train, test, base: dict, population: list, order: list, vote
                  "test_target": np.array([ex.target for ex in test], dtype=np.float64)},
         "timing": {name: np.array([t[name] for t in timings], dtype=object if name == "hostname" else None)
                    for name in timings[0]},
+        "jobs": job_table(jobs),
     }
+
+
+def job_table(jobs: list) -> dict:
+    """One row per answered base, member or sample record (a member's test split may be answered in parts, by
+    several ranks): what a replay of the run's schedule needs (tools.analyze scale)."""
+    def tokens(a):
+        return -1 if a.gen_tokens is None else int(sum(a.gen_tokens))
+
+    return {"kind": np.array([r.kind for r in jobs], dtype=object),
+            "key": np.array([str(r.key) for r in jobs], dtype=object),
+            "prompts": np.array([len(r.answers.rewards) for r in jobs], dtype=np.int32),
+            "rank": np.array([r.rank for r in jobs], dtype=np.int32),
+            "seconds": np.array([r.seconds for r in jobs], dtype=np.float64),
+            "gen_tokens": np.array([tokens(r.answers) for r in jobs], dtype=np.int64),
+            "length_cut": np.array([-1 if r.answers.finish is None else r.answers.finish.count("length")
+                                    for r in jobs], dtype=np.int32)}
 
 
 def _prompt_tokens(answers) -> np.ndarray:

@@ -72,7 +72,7 @@ def _write_tree(group, tree: dict) -> None:
 
 
 # Parts of results.h5 that describe where and how fast a run went, not what it found.
-NOT_RESULTS = ("timing", "population/rank", "population/seconds")
+NOT_RESULTS = ("timing", "jobs", "population/rank", "population/seconds")
 
 
 def comparable(path: str) -> dict[str, Any]:

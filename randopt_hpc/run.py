@@ -9,8 +9,10 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Iterable
 
 from randopt_hpc import halving, select, vote
+from randopt_hpc import jobs as J
 from randopt_hpc import population as pop
 from randopt_hpc.backends import run_backend
 from randopt_hpc.comm import EXIT_INTERRUPTED, Preempted, StopFlag, exit_code, install_signals, make_comm, setup_logging
@@ -47,27 +49,44 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     task = make_task(cfg)
     objective = Objective.of(train, [t.name for t in cfg.all_tasks], cfg.selection.task)
     ev = Evaluator(backend or run_backend(cfg, comm, env, log, timer), task, timer, cfg.output.save_text,
-                   settings(cfg))
+                   settings(cfg), rank=rank, pause=env.slow.pause if env.slow else None)
     shard = folder.writer(rank)
     progress = Progress(folder, cfg.runtime.progress_every_s, log) if rank == 0 else None
 
     def examples(kind, key):
         return train if (kind, key) == ("base", "train") else test
 
-    def answer(jobs) -> None:   # what the shards lack (a grown test split: its new examples), appended at once
-        for kind, key in jobs:
-            missing = done.missing(kind, key, examples(kind, key))
-            if missing:
+    def missing(job) -> list:   # what the shards lack of a job's examples (a grown test split: its new ones)
+        kind, key, lo, hi = job
+        return done.missing(kind, key, examples(kind, key)[lo:hi])
+
+    # runtime.schedule: dynamic deals from one counter shared by the ranks (collective to create and close).
+    dealer = J.Dealer(comm.counter(), size) if cfg.runtime.schedule == "dynamic" else None
+
+    def mine(items: list, todo) -> Iterable:
+        """This rank's share of a phase's items that `todo` says still need computing."""
+        if dealer is None:
+            return [x for x in pop.owned(items, rank, size) if todo(x)]
+        return dealer.deal([x for x in items if todo(x)])
+
+    answered = []     # this run's base, member and sample records, gathered on rank 0 at the end
+
+    def answer(parts) -> None:
+        for job in parts:
+            kind, key, _, _ = job
+            ask = missing(job)
+            if ask:
                 stop.check(f"{kind} {key} on the test set" if kind != "base" else f"the base model on {key}")
-                record = (ev.member(cands[key], missing) if kind == "member" else
-                          ev.sample(sampling(cfg, key), missing) if kind == "sample" else ev.base(key, missing))
+                record = (ev.member(cands[key], ask) if kind == "member" else
+                          ev.sample(sampling(cfg, key), ask) if kind == "sample" else ev.base(key, ask))
                 done.add(record)
                 shard.append(record)
+                answered.append(record)
 
-    # The base model first (its two splits on the first two ranks): a broken prompt shows now, not at the end.
-    my_base = BASE_JOBS[rank::size]
+    # The base model on the train split first (rank 0): a broken prompt shows now, not at the end.
+    my_base = [(kind, key, 0, len(examples(kind, key))) for kind, key in pop.owned(J.BASE_JOBS, rank, size)]
     answer(my_base)
-    for _, split in my_base:
+    for _, split, _, _ in my_base:
         a = done.answers("base", split, examples("base", split))
         log.info("base model on %s: accuracy %.3f, mean reward %.4f (%d examples)", split, a.accuracy, a.score,
                  len(a.rewards))
@@ -85,14 +104,11 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
             progress.phase("population" + (f" rung {r + 1}/{len(plan)}" if len(plan) > 1 else ""), "candidates",
                            {"candidate": current}, [train[p].id for p in pos] if len(plan) > 1 else None)
         fresh = []
-        for i in pop.owned(current, rank, size):
-            missing = [train[p] for p in pos if p not in rewards.get(i, ())]
-            if not missing:
-                continue
+        for i in mine(current, lambda i: any(p not in rewards.get(i, ()) for p in pos)):
             stop.check(f"candidate {i}")
             if on_candidate:
                 on_candidate(rank, i)
-            record = ev.candidate(cands[i], missing, rank)
+            record = ev.candidate(cands[i], [train[p] for p in pos if p not in rewards.get(i, ())], rank)
             done.add(record)
             shard.append(record)
             computed.append(record)
@@ -121,25 +137,29 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     log.info("ranking done: best candidate %d (score %.4f); %d members answer the test set",
              order[0], objective.exact(rewards[order[0]]), len(set(every_member)))
 
-    # The base model's test samples and the members (test split), spread over the ranks.
-    jobs = answer_jobs(every_member, cfg.generation.samples)
+    # The base model's test samples and the members (test split), in parts spread over the ranks (randopt_hpc.jobs).
+    jobs = J.answer_jobs(every_member, cfg.generation.samples)
     if progress:
         folder.write_test_jobs(n, jobs, [ex.id for ex in test])
-        progress.phase("test answers", "jobs", {"sample": range(cfg.generation.samples), "member": set(every_member)},
-                       [ex.id for ex in test])
-    my_jobs = jobs[rank::size]
-    answer(my_jobs)
+        progress.phase("test answers", "jobs", {"base": ["test"], "sample": range(cfg.generation.samples),
+                                                "member": set(every_member)}, [ex.id for ex in test])
+    with timer("test"):
+        answer(mine(J.test_parts(jobs, len(test), cfg.generation.batch_size, size), missing))
+        if dealer:
+            with timer("wait"):
+                dealer.close()
     shard.close()
 
     # One gather: rank 0 gets every candidate, every answer set and every rank's timing.
     with timer("wait"):
-        parts = comm.gather({"candidates": computed,
-                             "answered": [(kind, key, done.answers(kind, key, examples(kind, key)))
-                                          for kind, key in my_base + my_jobs],
+        parts = comm.gather({"candidates": computed, "answered": answered,
                              "timing": {"rank": rank, "hostname": env.hostname, **timer.totals()}})
     if rank == 0:
         progress.stop()
-        population, base, members, samples = collect(parts, done, n, every_member, cfg.generation.samples)
+        population, base, members, samples = collect(parts, done, n, every_member, cfg.generation.samples, train,
+                                                     test)
+        log.info("base model on test: accuracy %.3f, mean reward %.4f (%d examples)", base["test"].accuracy,
+                 base["test"].score, len(test))
         # What the schedule asked of each candidate, and no more: a folder that held a full run's answers
         # writes what a fresh run of this schedule writes.
         asked = [[train[p].id for p in pos] for pos in rung_positions]
@@ -150,12 +170,12 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
         judges = (vote.judge_with(task, test), vote.judge_with(task, train))
         t0 = time.perf_counter()
         votes = {name: vote.vote_ensemble(group, ks, members, {m: a for m, (a, _) in on_train.items()}, judges,
-                                          {m: seen for m, (_, seen) in on_train.items()})
+                                          {m: seen for m, (_, seen) in on_train.items()}, getattr(task, "combine", None))
                  for name, group in groups.items()}
         log.info("vote: %d groups x %d K on %d test examples in %.2f s", len(votes), len(ks), len(test),
                  time.perf_counter() - t0)
         write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, samples,
-                      [p["timing"] for p in parts], objective, judges[0])
+                      [p["timing"] for p in parts], objective, judges[0], done.jobs)
     comm.barrier()
 
 
@@ -321,32 +341,26 @@ def sampling(cfg, index: int) -> Sampling:
     return Sampling(temperature=g.temperature, top_p=g.top_p, seed=g.seed, index=index)
 
 
-BASE_JOBS = [("base", "train"), ("base", "test")]   # before the population, on ranks 0 and 1
-
-
-def answer_jobs(members: list[int], samples: int = 0) -> list[tuple[str, object]]:
-    """What answers after the ranking, in a fixed order that the ranks take round-robin (rank r: jobs r,
-    r + size, ...): the base model's test samples, then each member (one in several groups answers once)."""
-    return [("sample", s) for s in range(samples)] + [("member", m) for m in dict.fromkeys(members)]
-
-
 def positions_of(a, at: dict) -> list:
     """The train positions an answer set answers (a record from before ids were recorded: the whole split);
     None for an id the split does not hold."""
     return list(range(len(a.rewards))) if a.ids is None else [at.get(x) for x in a.ids]
 
 
-def collect(parts: list[dict], done, n: int, members: list[int], samples: int = 0) -> tuple[list, dict, dict, list]:
-    """Rank 0: the gathered parts with what the shards held (`done`) as (every candidate record by index, the
-    base model's answers by split, each member's test answers, the base model's test samples in order)."""
+def collect(parts: list[dict], done, n: int, members: list[int], samples: int, train, test) -> tuple:
+    """Rank 0: the gathered parts (rank 0's own first, already in `done`) with what the shards held (`done`) as
+    (every candidate record by index, the base model's answers by split, each member's test answers, the base
+    model's test samples in order)."""
     for p in parts:
         for r in p["candidates"]:
             done.add(r)
+    for p in parts[1:]:
+        for r in p["answered"]:
+            done.add(r)
     population = [done.candidates[i] for i in range(n)]
-    answered = {(kind, key): answers for p in parts for kind, key, answers in p["answered"]}
-    return (population, {split: answered[("base", split)] for split in ("train", "test")},
-            {m: answered[("member", m)] for m in dict.fromkeys(members)},
-            [answered[("sample", s)] for s in range(samples)])
+    return (population, {"train": done.answers("base", "train", train), "test": done.answers("base", "test", test)},
+            {m: done.answers("member", m, test) for m in dict.fromkeys(members)},
+            [done.answers("sample", s, test) for s in range(samples)])
 
 
 def model_parameters(path: str) -> int:
@@ -361,13 +375,14 @@ def model_parameters(path: str) -> int:
 
 
 def write_results(cfg, comm, log, folder, train, test, base, population, order, votes, members, samples, timings,
-                  objective, judge) -> None:
+                  objective, judge, jobs) -> None:
     """Rank 0: serialise everything to results.h5 and log the summary."""
     from randopt_hpc.report import build_tree, provenance, task_table
     from randopt_hpc.summary import render, summarize
 
     t0 = time.perf_counter()
-    tree = build_tree(cfg, train, test, base, population, order, votes, members, samples, timings, objective, judge)
+    tree = build_tree(cfg, train, test, base, population, order, votes, members, samples, timings, objective, judge,
+                      jobs)
     attrs = provenance(cfg, comm, [t["hostname"] for t in timings], model_parameters(cfg.model.path))
     path = folder.write_results(tree, attrs)
     log.info("write: %s in %.2f s; the summary goes to stdout", path, time.perf_counter() - t0)

@@ -5,6 +5,10 @@ first in member order (ranking order); an item with no valid key counts as wrong
 answer's correctness is the task's verdict on the key when it judges keys (key_correct: the reference
 judges a voted answer by its value, not by the first answer that gave it), else that of the first
 member holding the winning key, so the task decides what "correct" means once, in its scorer.
+
+A task whose answers are numbers to average rather than choices to count (the 1-D toy's rollouts) has
+`combine(keys) -> key`: the ensemble's answer is then that combination of the members' keys (the paper's
+regression vote: the mean), judged by the task's key_correct.
 """
 from __future__ import annotations
 
@@ -30,15 +34,25 @@ def vote_item(keys: Sequence[str | None]) -> tuple[str | None, int]:
 Judge = Callable[[int, str], "bool | None"]   # (item, key) -> the task's verdict on the key; None: no verdict
 
 
-def vote(keys: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]], k: int
-         ) -> tuple[list[str | None], list[bool]]:
-    """Vote the first k members (rows) on every item (column) -> (voted keys, voted correctness)."""
+Combine = Callable[[list], "str | None"]   # a task's combination of the members' keys on one item
+
+
+def vote(keys: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]], k: int,
+         combine: Combine | None = None, judge: Judge | None = None) -> tuple[list[str | None], list[bool]]:
+    """Vote the first k members (rows) on every item (column) -> (voted keys, voted correctness); with
+    `combine`, the item's answer is combine(its k keys), correct when `judge` says so."""
     if not 1 <= k <= len(keys):
         raise ValueError(f"K={k} but {len(keys)} members")
     n_items = len(keys[0])
     voted, ok = [], []
     for t in range(n_items):
-        key, pos = vote_item([keys[m][t] for m in range(k)])
+        column = [keys[m][t] for m in range(k)]
+        if combine is not None:
+            key = combine(column)
+            voted.append(key)
+            ok.append(bool(judge(t, key)) if key is not None and judge is not None else False)
+            continue
+        key, pos = vote_item(column)
         voted.append(key)
         ok.append(bool(correct[pos][t]) if pos >= 0 else False)
     return voted, ok
@@ -78,24 +92,25 @@ class EnsembleVote:
 
 
 def vote_ensemble(members: Sequence[int], ks: Sequence[int], test: dict, train: dict,
-                  judges: tuple[Judge | None, Judge | None] = (None, None), train_seen: dict | None = None
-                  ) -> EnsembleVote:
+                  judges: tuple[Judge | None, Judge | None] = (None, None), train_seen: dict | None = None,
+                  combine: Combine | None = None) -> EnsembleVote:
     """Vote `members` for every K in ks; `test` and `train` map a member to its answers on that split
     (anything with .keys and .correct per item, e.g. randopt_hpc.records.Answers); `judges` give the task's
     verdict on a key on the test and on the train split; `train_seen` (member -> a flag per train item) the
     train items a member answered, when a halving schedule dropped some: a K's train accuracy is then on the
-    items all its members answered (NaN if none)."""
+    items all its members answered (NaN if none); `combine` the task's combination of keys, if it has one."""
     test_keys, train_keys = [test[m].keys for m in members], [train[m].keys for m in members]
     test_ok = key_verdicts(test_keys, [test[m].correct for m in members], judges[0])
     train_ok = key_verdicts(train_keys, [train[m].correct for m in members], judges[1])
-    voted = [vote(test_keys, test_ok, k) for k in ks]
+    voted = [vote(test_keys, test_ok, k, combine, judges[0]) for k in ks]
 
     def on_train(k: int) -> float:
         cols = range(len(train_keys[0]))
         if train_seen is not None:
             cols = [t for t in cols if all(train_seen[m][t] for m in members[:k])]
         pick = lambda rows: [[row[t] for t in cols] for row in rows[:k]]  # noqa: E731
-        return accuracy(vote(pick(train_keys), pick(train_ok), k)[1]) if cols else float("nan")
+        judge = judges[1] if train_seen is None or judges[1] is None else (lambda i, key: judges[1](cols[i], key))
+        return accuracy(vote(pick(train_keys), pick(train_ok), k, combine, judge)[1]) if cols else float("nan")
     return EnsembleVote(members=list(members), ks=list(ks), voted_keys=[v[0] for v in voted],
                         voted_correct=[v[1] for v in voted], accuracy=[accuracy(v[1]) for v in voted],
                         train_accuracy=[on_train(k) for k in ks], key_correct=test_ok)

@@ -146,6 +146,25 @@ class ThreadComm:
     def abort(self, code: int = 1) -> None:
         self.world.barrier.abort()    # the other ranks leave their collective with an error, not a hang
 
+    def counter(self) -> ThreadCounter:
+        """Collective, as MPIComm.counter: one counter shared by the thread ranks."""
+        return self.bcast(ThreadCounter(self) if self.rank == 0 else None)
+
+
+class ThreadCounter:
+    """randopt_hpc.comm.WindowCounter for thread ranks: a fetch-and-add under a lock."""
+
+    def __init__(self, comm: ThreadComm):
+        self.comm, self.lock, self.next = comm, threading.Lock(), 0
+
+    def take(self) -> int:
+        with self.lock:
+            self.next += 1
+            return self.next - 1
+
+    def close(self) -> None:
+        self.comm.barrier()
+
 
 def run_threads(size: int, target) -> list:
     """target(comm) on `size` thread ranks; their return values, or the first exception re-raised."""

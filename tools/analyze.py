@@ -22,13 +22,13 @@ def _fail(e: Exception):
     raise click.ClickException(str(e))
 
 
-def _each(paths, build, *args) -> list[dict]:
-    """build(f, path, *args) for every file; any unreadable file ends the command with one error line."""
+def _each(paths, build, *args, **kw) -> list[dict]:
+    """build(f, path, *args, **kw) for every file; any unreadable file ends the command with one error line."""
     out = []
     for path in paths:
         try:
             with runfile.open_results(path) as f:
-                out.append(build(f, path, *args))
+                out.append(build(f, path, *args, **kw))
         except (ResultsError, ValueError, OSError) as e:
             _fail(e)
     return out
@@ -209,6 +209,48 @@ def halving(files, schedule, first, eta, keep, ks, live, as_json):
                 t["live_equal"] = ranking[:t["k"]] == t["members"]
         return out
     _emit(_each(files, build), as_json, schedules.render)
+
+
+# -------------------------------------------------------------------------------------------- scale
+
+def _ints(text: str, name: str, low: int = 1) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or min(vals) < low:
+        raise click.BadParameter(f"expected comma-separated integers >= {low}, got {text!r}", param_hint=name)
+    return vals
+
+
+@cli.command()
+@files_arg
+@click.option("--ranks", default="8,200,800", show_default=True, help="Rank counts to replay on, comma-separated.")
+@click.option("--schedule", "schedules", default="strided,dynamic", show_default=True,
+              help="runtime.schedule values, comma-separated.")
+@click.option("--n", "ns", default=None, help="Population sizes, comma-separated (default: the run's N); candidate "
+              "times are drawn with replacement from the recorded ones.")
+@click.option("--members", type=click.IntRange(min=0), default=None, help="Member jobs after the ranking (default: "
+              "the run's).")
+@click.option("--test-size", type=click.IntRange(min=0), default=None, help="Test problems per member.")
+@click.option("--slow-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of candidates made --slow-factor times slower (runaway answers).")
+@click.option("--slow-factor", type=click.FloatRange(min=1), default=5.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resampling.")
+@json_option
+def scale(files, ranks, schedules, ns, members, test_size, slow_share, slow_factor, seed, as_json):
+    """Replay each run's recorded job times (population/seconds, jobs/) on R ranks under the strided and dynamic
+    schedules: makespan, efficiency and the member phase's share, and how the replay of the run's own ranks
+    and schedule compares with its measured phases (docs/analysis.md, "Scaling")."""
+    from tools import scale as S
+
+    bad = [s for s in schedules.split(",") if s not in ("strided", "dynamic")]
+    if bad:
+        raise click.BadParameter(f"unknown schedule {bad[0]!r}; valid: strided, dynamic", param_hint="--schedule")
+    kw = {"members": members, "test_size": test_size, "slow_share": slow_share, "slow_factor": slow_factor,
+          "seed": seed}
+    _emit(_each(files, S.report, _ints(ranks, "--ranks"), schedules.split(","),
+                _ints(ns, "--n") if ns else [None], **kw), as_json, S.render)
 
 
 # -------------------------------------------------------------------------------------------- merge

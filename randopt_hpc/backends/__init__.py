@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 # config `backend` -> (module, class); the module is imported only when the backend is made.
-BACKENDS = {"hf": ("randopt_hpc.backends.hf", "HFBackend"), "vllm": ("randopt_hpc.backends.vllm", "VLLMBackend")}
+BACKENDS = {"hf": ("randopt_hpc.backends.hf", "HFBackend"), "vllm": ("randopt_hpc.backends.vllm", "VLLMBackend"),
+            "mlp": ("randopt_hpc.backends.mlp", "MLPBackend")}
 
 
 def make_backend(cfg, model_path: str | None = None):

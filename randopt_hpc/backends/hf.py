@@ -1,11 +1,13 @@
 """Hugging Face backend: a local causal LM, batched greedy (or seeded sampled) generation, in-place perturb and
-exact restore."""
+exact restore. Greedy answers come from transformers' generate() or from the exact greedy loop of
+randopt_hpc.backends.greedy (runtime.decoder); sampled answers always from generate()."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from randopt_hpc import noise
 from randopt_hpc.backends.base import BaseBackend, stop_string_end, stop_token_ids
+from randopt_hpc.config import DECODERS
 from randopt_hpc.population import select_names
 from randopt_hpc.sampling import Sampling, gumbel
 from randopt_hpc.tasks.base import Example
@@ -14,7 +16,7 @@ from randopt_hpc.tasks.base import Example
 class HFBackend(BaseBackend):
     def __init__(self, path: str, dtype: str = "float32", *, max_new_tokens: int, batch_size: int,
                  include: Sequence[str] = (), exclude: Sequence[str] = (), device: str = "cpu",
-                 stop_strings: bool = True,
+                 stop_strings: bool = True, decoder: str = "generate",
                  noise_impl: str = "auto", noise_version: str = "boxmuller"):
         super().__init__()
         import torch
@@ -32,6 +34,11 @@ class HFBackend(BaseBackend):
         if noise_version not in noise.NOISE_VERSIONS:
             raise ValueError(f"unknown noise version {noise_version!r}; expected one of {noise.NOISE_VERSIONS}")
         self.noise_version = noise_version
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
+        # generate() unless asked: code that builds a backend itself keeps transformers' path (tests spy on
+        # model.generate); a run's config brings runtime.decoder, auto by default (from_config).
+        self.decoder = decoder
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, padding_side="left")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -70,7 +77,7 @@ class HFBackend(BaseBackend):
     @classmethod
     def from_config(cls, cfg, path: str) -> HFBackend:
         return cls(path, cfg.model.dtype, max_new_tokens=cfg.generation.max_new_tokens,
-                   stop_strings=cfg.generation.stop_strings,
+                   stop_strings=cfg.generation.stop_strings, decoder=cfg.runtime.decoder,
                    batch_size=cfg.generation.batch_size, include=cfg.population.include,
                    exclude=cfg.population.exclude, device=cfg.runtime.device, noise_impl=cfg.runtime.noise_impl,
                    noise_version=cfg.population.noise)
@@ -109,27 +116,45 @@ class HFBackend(BaseBackend):
     def prompt_lengths(self, examples: Sequence[Example]) -> list[int]:
         return [int(n) for enc in self.encoded(examples) for n in enc["attention_mask"].sum(dim=1).tolist()]
 
+    def uses_loop(self, sampling: Sampling | None = None) -> bool:
+        """Whether generate_ids runs the greedy loop (randopt_hpc.backends.greedy) rather than generate(): for
+        greedy answers with decoder `loop`, or `auto` on CPU, where its exactness was checked."""
+        if sampling is not None or self.decoder == "generate":
+            return False
+        return self.decoder == "loop" or self.device.type == "cpu"
+
     def generate_ids(self, examples: Sequence[Example], sampling: Sampling | None = None) -> list[list[int]]:
         """New token ids, greedy or sampled, up to and including the first stop id or the token that completes
         a stop string of the example, in the order of `examples`."""
         ids: list[list[int]] = []
         strings = self.stop_strings_of(examples)
+        loop = self.uses_loop(sampling)
+        if loop:
+            from randopt_hpc.backends.greedy import greedy_ids
         with self.torch.inference_mode():
             for b, enc in enumerate(self.encoded(examples)):
-                extra = {}
                 rows = examples[b * self.batch_size:(b + 1) * self.batch_size]
                 stops = strings[b * self.batch_size:(b + 1) * self.batch_size]
-                if sampling is not None:   # greedy decoding of Gumbel-perturbed logits is sampling
-                    extra["logits_processor"] = [GumbelSampler(self.torch, [sampling.row_seed(ex.id) for ex in rows],
-                                                               enc["input_ids"].shape[1], sampling)]
-                if any(stops):
-                    extra["stopping_criteria"] = [StopStrings(self.torch, self._decode_new, stops,
-                                                              enc["input_ids"].shape[1])]
-                out = self.model.generate(**enc, generation_config=self.gen, **extra)
-                for row, s in zip(out[:, enc["input_ids"].shape[1]:].tolist(), stops):
-                    # Finished rows are padded to the batch's length; what follows a stop is not an answer.
-                    ids.append(self.cut_row(row, s))
+                if loop:
+                    new = greedy_ids(self.model, enc["input_ids"], enc["attention_mask"], self.max_new_tokens,
+                                     self.stop_ids, stop_strings=stops, decode=self._decode_new)
+                else:
+                    new = self._generate(enc, rows, stops, sampling)
+                # generate() pads finished rows to the batch's length, and either path may run a row past a
+                # stop string it did not see: what follows a stop is not an answer.
+                ids += [self.cut_row(row, s) for row, s in zip(new, stops)]
         return ids
+
+    def _generate(self, enc: dict, rows: Sequence[Example], stops: list[tuple[str, ...]],
+                  sampling: Sampling | None) -> list[list[int]]:
+        extra = {}
+        if sampling is not None:   # greedy decoding of Gumbel-perturbed logits is sampling
+            extra["logits_processor"] = [GumbelSampler(self.torch, [sampling.row_seed(ex.id) for ex in rows],
+                                                       enc["input_ids"].shape[1], sampling)]
+        if any(stops):
+            extra["stopping_criteria"] = [StopStrings(self.torch, self._decode_new, stops, enc["input_ids"].shape[1])]
+        out = self.model.generate(**enc, generation_config=self.gen, **extra)
+        return out[:, enc["input_ids"].shape[1]:].tolist()
 
 
 class GumbelSampler:

@@ -22,6 +22,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "demo_mul": ("randopt_hpc.tasks.demo_skills", "DemoMul"),
     "demo_eval": ("randopt_hpc.tasks.demo_skills", "DemoEval"),
     "demo_verify": ("randopt_hpc.tasks.demo_skills", "DemoVerify"),
+    "toy_signal": ("randopt_hpc.tasks.toy", "ToySignal"),
 }
 
 

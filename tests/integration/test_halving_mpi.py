@@ -1,6 +1,6 @@
-"""selection.schedule: halving under real mpiexec on the tiny model: 1, 2 and 3 ranks write equal results, and a
-rank killed in the middle of a rung leaves a folder whose rerun equals the uninterrupted run, with no
-(candidate, example) answered twice."""
+"""selection.schedule: halving under real mpiexec on the tiny model: 1, 2 and 3 ranks (strided, and dynamic on 3)
+write equal results, and a rank killed in the middle of a rung leaves a folder whose rerun equals the
+uninterrupted run, with no (candidate, example) answered twice."""
 import os
 import signal
 import time
@@ -18,24 +18,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HALVING = {"schedule": "halving", "halving": {"first": 2, "eta": 2, "keep": 1}}
 
 
-def _config(tmp, model, name):
+def _config(tmp, model, name, schedule="strided"):
     return write_config(tmp / f"{name}.yaml", model, tmp / name, selection=HALVING,
-                        generation={"samples": 0})
+                        generation={"samples": 0}, runtime={"schedule": schedule})
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_model, tmp_path_factory):
+    """1, 2 and 3 ranks, and 3 ranks taking each rung's candidates from the shared counter."""
     tmp = tmp_path_factory.mktemp("halving")
     out = {}
-    for name, nproc in (("np1", 1), ("np2", 2), ("np3", 3)):
-        p = launch(_config(tmp, tiny_model, name), nproc)
+    for name, nproc in (("np1", 1), ("np2", 2), ("np3", 3), ("dyn3", 3)):
+        p = launch(_config(tmp, tiny_model, name, "dynamic" if name == "dyn3" else "strided"), nproc)
         assert p.returncode == 0, p.stderr[-3000:]
         out[name] = tmp / name / "results.h5"
     return out
 
 
 def test_halving_results_are_the_same_on_1_2_3_ranks(runs):
-    for name in ("np2", "np3"):
+    for name in ("np2", "np3", "dyn3"):
         assert_same_results(runs["np1"], runs[name])
     with h5py.File(runs["np3"]) as f:
         assert sorted(f["population/train_examples"][()].tolist()) == [2] * 6 + [4] * 3 + [6] * 3

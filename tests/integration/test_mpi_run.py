@@ -16,11 +16,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def runs(tiny_model, tmp_path_factory):
-    """The same config on 1, 2 and 3 ranks and as a plain process."""
+    """The same config on 1, 2 and 3 ranks and as a plain process, and on 2 and 3 ranks with candidates and test
+    parts dealt by the shared counter (runtime.schedule: dynamic)."""
     tmp = tmp_path_factory.mktemp("runs")
     out = {}
-    for name, nproc in (("np1", 1), ("np2", 2), ("np3", 3), ("serial", None)):
-        cfg = write_config(tmp / f"{name}.yaml", tiny_model, tmp / name)
+    for name, nproc in (("np1", 1), ("np2", 2), ("np3", 3), ("serial", None), ("dyn2", 2), ("dyn3", 3)):
+        cfg = write_config(tmp / f"{name}.yaml", tiny_model, tmp / name,
+                           runtime={"schedule": "dynamic" if name.startswith("dyn") else "strided"})
         p = launch(cfg, nproc)
         assert p.returncode == 0, p.stderr[-3000:]
         out[name] = (tmp / name / "results.h5", p.stderr, p.stdout)
@@ -29,7 +31,7 @@ def runs(tiny_model, tmp_path_factory):
 
 def test_identical_results_on_1_2_3_ranks(runs):
     ref = str(runs["np1"][0])
-    for name in ("np2", "np3", "serial"):
+    for name in ("np2", "np3", "serial", "dyn2", "dyn3"):
         assert_same_results(ref, str(runs[name][0]))
     with h5py.File(ref) as f:
         scores = f["population/train_score"][()]
@@ -38,6 +40,46 @@ def test_identical_results_on_1_2_3_ranks(runs):
     with h5py.File(runs["np3"][0]) as f:
         assert sorted(set(f["population/rank"][()].tolist())) == [0, 1, 2]
         assert f.attrs["world_size"] == 3
+
+
+def test_test_answers_in_parts_equal_whole_members(runs, tiny_model, tmp_path):
+    """Few members for 3 ranks: each member's test split is cut into parts of whole batches that different
+    ranks answer (randopt_hpc.jobs.test_parts); every answer equals the 1-rank run's, where a member is one job."""
+    out = tmp_path / "parts"
+    cfg = write_config(tmp_path / "parts.yaml", tiny_model, out, selection={"top_k": [1, 3], "control": False},
+                       generation={"samples": 0}, runtime={"schedule": "dynamic"})
+    p = launch(cfg, 3)
+    assert p.returncode == 0, p.stderr[-3000:]
+    from randopt_hpc import results
+
+    mine, ref = results.comparable(str(out / "results.h5")), results.comparable(str(runs["np1"][0]))
+    assert "ensemble/selected/member_test_key" in mine or any(k.startswith("ensemble/selected/") for k in mine)
+    assert results.differences({k: ref[k] for k in mine if k in ref}, {k: v for k, v in mine.items() if k in ref}) == []
+    assert {k for k in mine if k not in ref} <= {"config"}, sorted(k for k in mine if k not in ref)
+    with h5py.File(out / "results.h5") as f:
+        kind = [x.decode() for x in f["jobs/kind"][()]]
+        members = set(f["ensemble/selected/members"][()].tolist())
+        assert kind.count("member") == 2 * len(members)   # 2 batches of 4 of the 6 test problems: 2 parts each
+
+
+def test_dynamic_schedule_records_who_did_what(runs):
+    """Under the shared counter every candidate is computed once, by some rank, each member's test answers are
+    recorded with who gave them and how long it took, and the phases' wall times are in timing/."""
+    with h5py.File(runs["dyn3"][0]) as f:
+        ranks = f["population/rank"][()].tolist()
+        assert len(ranks) == 12 and set(ranks) <= {0, 1, 2}
+        assert sum(f["timing/candidates"][()].tolist()) == 12
+        kind, key = [x.decode() for x in f["jobs/kind"][()]], [x.decode() for x in f["jobs/key"][()]]
+        members = {m for m in f["ensemble/selected/members"][()].tolist()}
+        member_rows = [i for i, k in enumerate(kind) if k == "member"]
+        assert {int(key[i]) for i in member_rows} >= members
+        per_member = {m: sum(int(f["jobs/prompts"][i]) for i in member_rows if int(key[i]) == m) for m in members}
+        assert set(per_member.values()) == {f["data/test_ids"].shape[0]}   # the parts cover the split once
+        assert len({int(f["jobs/rank"][i]) for i in member_rows}) > 1
+        assert (f["jobs/seconds"][()] > 0).all() and (f["timing/test"][()] > 0).all()
+    with h5py.File(runs["np1"][0]) as f:   # one rank: a member is one job
+        assert [x.decode() for x in f["jobs/kind"][()]].count("member") == len(set(
+            f["ensemble/selected/members"][()].tolist()) | set(f["ensemble/control/members"][()].tolist()))
 
 
 def test_results_file_contract(runs):
@@ -97,6 +139,14 @@ def _rerun_equals_uninterrupted(cfg, out, runs):
 def test_sigkill_one_rank_then_rerun_equals_uninterrupted(runs, tiny_model, tmp_path):
     out = tmp_path / "killed"
     cfg = write_config(tmp_path / "killed.yaml", tiny_model, out)
+    proc, _, _ = _signal_mid_run(cfg, out, [1], signal.SIGKILL)
+    assert proc.returncode != 0
+    _rerun_equals_uninterrupted(cfg, out, runs)
+
+
+def test_sigkill_one_rank_under_the_dynamic_schedule_then_rerun_equals_uninterrupted(runs, tiny_model, tmp_path):
+    out = tmp_path / "killed-dynamic"
+    cfg = write_config(tmp_path / "killed-dynamic.yaml", tiny_model, out, runtime={"schedule": "dynamic"})
     proc, _, _ = _signal_mid_run(cfg, out, [1], signal.SIGKILL)
     assert proc.returncode != 0
     _rerun_equals_uninterrupted(cfg, out, runs)

@@ -56,7 +56,7 @@ def test_types_read_as_yaml_values():
     assert types["population.size"] == "int" and types["runtime.progress_every_s"] == "float"
     assert types["population.sigmas"] == "list of float" and types["task.data"] == "str or null"
     assert types["model.chat"] == "auto, true or false" and types["output.save_text"] == "bool"
-    assert types["backend"] == "hf or vllm" and types["population.sigma_assignment"] == "random or blocked"
+    assert types["backend"] == "hf, vllm or mlp" and types["population.sigma_assignment"] == "random or blocked"
     meaning = {k.name: k.meaning for k in confighelp.keys()}
     assert "one of countdown, countdown_qa," in meaning["task.name"]   # too many choices for the type column
 
@@ -133,7 +133,7 @@ def test_a_misspelt_key_gets_a_suggestion_in_a_file_and_in_an_override(tmp_path)
 
 
 def test_a_misspelt_choice_gets_a_suggestion():
-    with pytest.raises(ConfigError, match=r"^backend: must be one of hf, vllm; got 'vlm'; did you mean vllm\?$"):
+    with pytest.raises(ConfigError, match=r"^backend: must be one of hf, vllm, mlp; got 'vlm'; did you mean vllm\?$"):
         load_config(None, ["model.path=/m", "backend=vlm"], check_paths=False)
     with pytest.raises(ConfigError, match=r"^runtime\.comm: must be one of auto, mpi, serial; got 'tcp'$"):
         load_config(None, ["model.path=/m", "runtime.comm=tcp"], check_paths=False)

@@ -105,7 +105,7 @@ def test_new_settings_continue_a_stopped_run_and_the_results_say_which_part_came
         table = [s.decode() if isinstance(s, bytes) else s for s in f["data/settings"][()]]
         assert table == ["generation.batch_size=4 runtime.threads=1", "generation.batch_size=2 runtime.threads=2"]
         assert f["population/settings"][()].tolist() == [0] * 4 + [1] * 12
-        assert f["base/settings"][()].tolist() == [0, 0]          # answered first, before the stop
+        assert f["base/settings"][()].tolist() == [0, 1]          # train before the stop, test after the ranking
         assert set(f["ensemble/selected/settings"][()].tolist()) == {1}
         assert "population/train_text" not in f   # texts kept only after the switch: not for every candidate
         assert "ensemble/selected/test_text" in f
@@ -181,7 +181,7 @@ def test_a_train_split_that_moved_under_the_run_is_refused(tmp_path):
             load([str(cfg_path), *overrides], ENV)
 
 
-def test_every_phase_reports_its_progress_and_the_base_model_answers_first(tmp_path, capsys):
+def test_every_phase_reports_its_progress_and_the_base_model_answers_the_train_split_first(tmp_path, capsys):
     import logging
 
     from randopt_hpc.comm import SerialComm, StopFlag
@@ -201,9 +201,9 @@ def test_every_phase_reports_its_progress_and_the_base_model_answers_first(tmp_p
     finally:
         log.removeHandler(handler)
     phases = [next(i for i, line in enumerate(lines) if line.startswith(p))
-              for p in ("base model on train", "base model on test", "population: candidates 0/16",
+              for p in ("base model on train", "population: candidates 0/16",
                         "population: candidates 16/16 (100%)", "ranking done", "test answers: jobs 0/",
-                        "vote:", "write:")]
+                        "base model on test", "vote:", "write:")]
     assert phases == sorted(phases)   # in this order, each phase opening and closing with a line
     best = next(line for line in lines if line.startswith("population: candidates 16/16"))
     with h5py.File(tmp_path / "out" / "results.h5") as f:

@@ -152,10 +152,11 @@ def test_resume_after_a_torn_shard_line_equals_an_uninterrupted_run(serial, tmp_
     backend = FakeBackend()
     start(cfg_path, backend=backend)
     assert_same_results(serial[3], tmp_path / "out" / "results.h5")
-    # The rerun evaluated the torn candidate (8) and those after it, then the members; the base answered first
-    # in the failed run, so it is not answered again. The shard, repaired before the first append, reads whole.
+    # The rerun evaluated the torn candidate (8) and those after it, then the base on the test split and the
+    # members; the base answered the train split first in the failed run, so not again. The shard, repaired
+    # before the first append, reads whole.
     members = len(serial_members(serial))
-    assert backend.generated == (16 - 8) * 8 + members * 12
+    assert backend.generated == (16 - 8) * 8 + (1 + members) * 12
     kinds = Counter(r.kind for r in folder.records())
     assert kinds == {"candidate": 16, "base": 2, "member": members}
     assert sorted(r.index for r in folder.records() if r.kind == "candidate") == list(range(16))
@@ -189,8 +190,8 @@ def test_a_stop_request_ends_at_a_candidate_boundary_and_a_rerun_resumes(serial,
     cfg_path = fake_config(tmp_path)
     stop_after_candidate_3(cfg_path)
     folder = RunFolder(str(tmp_path / "out"))
-    # The base model answered first, then candidates 0-3.
-    assert [(r.kind, r.key) for r in folder.records()] == [("base", "train"), ("base", "test")] + \
+    # The base model answered the train split first, then candidates 0-3 (its test answers come after the ranking).
+    assert [(r.kind, r.key) for r in folder.records()] == [("base", "train")] + \
         [("candidate", i) for i in range(4)] and not (tmp_path / "out" / "results.h5").exists()
     backend = FakeBackend()
     start(cfg_path, backend=backend)
@@ -206,8 +207,8 @@ def test_three_thread_ranks_equal_one_and_share_the_answering_round_robin(serial
     with h5py.File(path) as f:
         assert f["population/rank"][()].tolist() == [i % 3 for i in range(16)]
         assert f.attrs["world_size"] == 3 and f["timing/rank"][()].tolist() == [0, 1, 2]
-    base = [("base", "train"), ("base", "test")]       # before the population, on ranks 0 and 1
-    jobs = [("member", m) for m in all_members(path)]   # after the ranking, dealt round-robin
+    base = [("base", "train")]                          # before the population, on rank 0
+    jobs = [("base", "test")] + [("member", m) for m in all_members(path)]   # after the ranking, round-robin
     folder = RunFolder(str(tmp_path / "out"))
     for rank in range(3):
         held = [(r.kind, r.key) for r in read_shard(folder.shard_path(rank)) if r.kind != "candidate"]

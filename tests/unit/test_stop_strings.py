@@ -112,6 +112,7 @@ ROWS = {
     "humaneval": {"prompt": "def f():\n", "test": "def check(c):\n    pass\n", "entry_point": "f"},
     "rocstories": {"title": "t", "shuffled_sentences": ["a", "b", "c", "d", "e"], "gold_order": [0, 1, 2, 3, 4]},
     "uspto50k": {"rxn_smiles": "CC>>CC", "class": 1},
+    "toy_signal": {"context": [0.0] * 10, "future": [0.0] * 60},
     "demo_mul": {"prompt": "Q: 2*3= A:", "answer": "6"},
     "demo_eval": {"prompt": "Q: 2+3*4= A:", "answer": "14"},
     "demo_verify": {"prompt": "Q: 2+3*4=14? A:", "answer": "yes"},

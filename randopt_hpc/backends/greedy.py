@@ -1,4 +1,5 @@
-"""Greedy decoding that gives the token ids of `model.generate(do_sample=False)` bitwise, faster.
+"""Greedy decoding that gives the token ids of `model.generate(do_sample=False)` bitwise, faster: the hf
+backend's path for greedy answers where runtime.decoder picks it (HFBackend.generate_ids).
 
 greedy_ids() runs the same forward passes as transformers' greedy loop (left-padded batch, position ids from the
 attention mask, a DynamicCache, logits of the last position only, argmax in float32) and skips only work whose
@@ -7,24 +8,32 @@ result no kept token depends on:
 - the generate() machinery around the forward passes (logits processors, stopping criteria, deferred checks);
 - trim (Llama only): in the prefill, the last decoder layer's o_proj, post-attention norm and MLP run on the last
   position only; the other positions' outputs feed nothing but logits that are never computed;
-- shared prefix: every prompt of a batch starts with the same tokens ("Q: use "), whose K/V do not depend on the
-  row (they attend to the prefix alone) and are computed once, at batch 1, then placed in each row's columns;
-- finished rows leave the batch (their K/V rows are dropped), down to a floor of `min_rows`.
+- shared prefix (float32 only): every prompt of a batch starts with the same tokens (the task's wording, a chat
+  template), whose K/V do not depend on the row (they attend to the prefix alone) and are computed once, at
+  batch 1, then placed in each row's columns. In bfloat16 and float16 that K/V came out a rounding off the
+  batch's on most tiny architectures tried, and a few answers changed, so there each row computes its own;
+- finished rows (a stop id, or one of the row's stop strings completed) leave the batch, their K/V rows dropped,
+  down to a floor of `min_rows`.
 
-Exactness rests on row-wise kernels: on this CPU (MKL sgemm, AVX2) a row of a GEMM with M >= 4 rows, a softmax
-row of SDPA and a row of RMSNorm come out bitwise the same whatever the other rows are. The floor and the
-prefill's minimum of `min_rest` query columns keep every GEMM above that size. Checked on the demo model against
-generate() over perturbed models (bench/bench_greedy.py: 0 rows differ); on other hardware or kernels run that
-check again before relying on it. Only greedy decoding with stop ids: no logits processor (Gumbel sampling) and
-no stop strings.
+Exactness rests on row-wise kernels: on the x86 CPUs checked (MKL sgemm, AVX2) a row of a GEMM with M >= 4 rows,
+a softmax row of SDPA and a row of RMSNorm come out bitwise the same whatever the other rows are. The floor, the
+prefill's minimum of `min_rest` query columns and the shared prefix's minimum length keep every GEMM above that
+size. Checked against generate() on the demo model's perturbed candidates (tests/unit/test_greedy_loop.py,
+bench/bench_greedy.py: 0 rows differ) and on tiny models of every architecture of tools/make_tiny_model.ARCHS
+in float32, bfloat16 and float16 (two of them in the test); on other hardware or kernels (GPUs: cuBLAS picks
+kernels by shape) run that check again before relying on it, which is why runtime.decoder `auto` takes the loop
+on CPU only. Greedy only: sampling (a logits processor) stays on generate().
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from randopt_hpc.backends.base import stop_string_end
+
 TRIM_MODEL_TYPES = ("llama",)   # decoder layers of the form x + attn(norm(x)), then h + mlp(norm(h))
+ROWWISE_MIN = 4                  # the fewest GEMM rows whose results are row-wise (see the module docstring)
 
 
 def _is_left_padded(attention_mask: torch.Tensor) -> bool:
@@ -34,7 +43,8 @@ def _is_left_padded(attention_mask: torch.Tensor) -> bool:
 def _trim_hooks(model) -> list:
     """Pre-hooks that cut the last layer's o_proj and post-attention norm to the last position. The layer then
     adds its full residual to a one-position tensor; the broadcast leaves the last position exact and the others
-    garbage, which only the (skipped) logits of those positions would read."""
+    garbage, which only the (skipped) logits of those positions would read. Other layer forms (Gemma's extra
+    norms, OLMo's post-norms) would not broadcast to the same last position, so they run whole."""
     if getattr(model.config, "model_type", None) not in TRIM_MODEL_TYPES:
         return []
     layer = model.model.layers[-1]
@@ -59,7 +69,7 @@ def _shared_prefix(model, input_ids, attention_mask, min_rest: int):
         n = next((i for i, (a, b) in enumerate(zip(row, first)) if a != b), n)
     c = min(min(starts) + n, L - min_rest)   # keep enough query columns for row-wise GEMMs
     p = c - min(starts)
-    if p < 1:
+    if p < ROWWISE_MIN:   # the prefix's own forward pass is a GEMM of p rows
         return None, 0
     one = DynamicCache(config=model.config)
     if any(type(layer) is not DynamicLayer for layer in one.layers):   # sliding windows, linear attention: no
@@ -80,19 +90,32 @@ def _shared_prefix(model, input_ids, attention_mask, min_rest: int):
     return cache, c
 
 
+def _string_stopped(ids: list[int], strings: Sequence[str], window: int, decode: Callable) -> bool:
+    """Whether decode(ids) holds one of `strings`. A new hit ends in the newest token, so the last few tokens
+    are decoded first and the whole text only confirms; a tail that decodes otherwise than inside the text
+    may miss a hit, and the row then runs on: the caller's cut (BaseBackend.cut_row) cuts it all the same."""
+    return stop_string_end(decode(ids[-window:]), strings) is not None and \
+        stop_string_end(decode(ids), strings) is not None
+
+
 @torch.inference_mode()
 def greedy_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-               stop_ids: Iterable[int], *, trim: bool = True, share_prefix: bool = True, drop_finished: bool = True,
+               stop_ids: Iterable[int], *, stop_strings: Sequence[Sequence[str]] = (), decode: Callable | None = None,
+               trim: bool = True, share_prefix: bool = True, drop_finished: bool = True,
                min_rows: int = 8, min_rest: int = 8) -> list[list[int]]:
     """New token ids of each row of a left-padded batch, greedy, up to and including the first stop id (all
     max_new_tokens of them when none comes): what model.generate(do_sample=False, eos_token_id=stop_ids) gives,
-    cut after the first stop id."""
+    cut after the first stop id. With `stop_strings` (one tuple per row) and `decode` (ids -> text), a row also
+    ends at the token after which its decoded text holds one of its strings; stop ids are checked first, as
+    BaseBackend.cut_row looks for strings only before a row's stop id."""
     from transformers import DynamicCache
 
     dev = input_ids.device
     B = input_ids.shape[0]
     stop_t = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=dev)
-    if not _is_left_padded(attention_mask):
+    strings = [tuple(s) for s in stop_strings] if decode is not None and any(stop_strings) else []
+    window = max((len(s) for row in strings for s in row), default=0) + 2   # n characters span <= n tokens
+    if not _is_left_padded(attention_mask) or model.dtype != torch.float32:
         share_prefix = False
     # As generate() builds them: pads get position 0, the first real token 0.
     pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
@@ -106,7 +129,7 @@ def greedy_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max
     finally:
         for h in hooks:
             h.remove()
-    toks = torch.zeros(B, max_new_tokens, dtype=torch.long, device=dev)
+    toks: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     rows = torch.arange(B, device=dev)   # the batch row of each row still run
     mask, p = attention_mask, pos[:, -1:]
@@ -114,8 +137,11 @@ def greedy_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max
         # generate() casts the last logits to float32 before its argmax; so does this.
         nxt = out.logits[:, -1].to(torch.float32).argmax(-1)
         live = ~done[rows]
-        toks[rows[live], step] = nxt[live]
-        done[rows[live]] = torch.isin(nxt[live], stop_t)
+        ended = torch.isin(nxt, stop_t)
+        for r, t, e in zip(rows[live].tolist(), nxt[live].tolist(), ended[live].tolist()):
+            toks[r].append(t)
+            if e or (strings and strings[r] and _string_stopped(toks[r], strings[r], window, decode)):
+                done[r] = True
         if step == max_new_tokens - 1 or bool(done.all()):
             break
         keep = ~done[rows]
@@ -130,13 +156,4 @@ def greedy_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max
         p = p + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=p, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
-    stops = set(stop_t.tolist())
-    result = []
-    for row in toks.tolist():
-        cut = []
-        for t in row:
-            cut.append(t)
-            if t in stops:
-                break
-        result.append(cut)
-    return result
+    return toks
