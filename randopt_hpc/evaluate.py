@@ -28,7 +28,6 @@ class Evaluator:
         """Greedy answers of the base model (cand None) or of a perturbed candidate, scored; or, with
         `sampling`, one sampled answer of the base model per example."""
         t = self.timer
-        self.backend.perturb   # noqa: B018  a lazily loaded backend loads now, in its own timer, not in perturb's
         if cand is not None:
             with t("perturb"):
                 self.backend.perturb(cand.seed, cand.sigma)
@@ -42,8 +41,14 @@ class Evaluator:
         return Answers.from_scored(completions, scored, self.keep_text if keep_text is None else keep_text,
                                    self.settings, [ex.id for ex in examples])
 
+    def loaded(self) -> float:
+        """time.perf_counter() once the backend is there: a lazily loaded backend loads now, in the timer's
+        load phase, not in the first job's phases or its recorded seconds (a rank's start-up, not its work)."""
+        self.backend.perturb   # noqa: B018
+        return time.perf_counter()
+
     def candidate(self, cand: Candidate, train, rank: int) -> CandidateRecord:
-        t0 = time.perf_counter()
+        t0 = self.loaded()
         if self.pause:
             self.pause(cand.index)
         answers = self.answers(train, cand)
@@ -52,17 +57,17 @@ class Evaluator:
                                seconds=time.perf_counter() - t0)
 
     def member(self, cand: Candidate, test) -> MemberRecord:
-        t0 = time.perf_counter()
+        t0 = self.loaded()
         answers = self.answers(test, cand)
         return MemberRecord(index=cand.index, answers=answers, rank=self.rank, seconds=time.perf_counter() - t0)
 
     def base(self, split: str, examples) -> BaseRecord:
         # One model: its raw completions are always kept.
-        t0 = time.perf_counter()
+        t0 = self.loaded()
         answers = self.answers(examples, keep_text=True)
         return BaseRecord(split=split, answers=answers, rank=self.rank, seconds=time.perf_counter() - t0)
 
     def sample(self, sampling: Sampling, test) -> SampleRecord:
-        t0 = time.perf_counter()
+        t0 = self.loaded()
         answers = self.answers(test, sampling=sampling)
         return SampleRecord(index=sampling.index, answers=answers, rank=self.rank, seconds=time.perf_counter() - t0)

@@ -27,7 +27,8 @@ PARTS_PER_RANK = 2   # test parts per rank, on average, when there are fewer mem
 def answer_jobs(members: Sequence[int], samples: int = 0) -> list[tuple[str, object]]:
     """What answers the test split after the ranking, in a fixed order: the base model (greedy), its samples,
     then each member (one in several groups answers once)."""
-    return [("base", "test")] + [("sample", s) for s in range(samples)] + [("member", m) for m in dict.fromkeys(members)]
+    return [("base", "test"), *(("sample", s) for s in range(samples)),
+            *(("member", m) for m in dict.fromkeys(members))]
 
 
 def test_parts(jobs: Sequence[tuple[str, object]], n_test: int, batch_size: int, size: int) -> list[tuple]:

@@ -169,8 +169,9 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
         on_train = {r.index: spread(r.answers, train_ids) for r in population}
         judges = (vote.judge_with(task, test), vote.judge_with(task, train))
         t0 = time.perf_counter()
+        combine = getattr(task, "combine", None)   # a regression task averages; the others vote
         votes = {name: vote.vote_ensemble(group, ks, members, {m: a for m, (a, _) in on_train.items()}, judges,
-                                          {m: seen for m, (_, seen) in on_train.items()}, getattr(task, "combine", None))
+                                          {m: seen for m, (_, seen) in on_train.items()}, combine)
                  for name, group in groups.items()}
         log.info("vote: %d groups x %d K on %d test examples in %.2f s", len(votes), len(ks), len(test),
                  time.perf_counter() - t0)

@@ -3,8 +3,8 @@ predict the makespan, the efficiency and the member phase's share at another N, 
 
 The model (docs/analysis.md, "Scaling"): a rank does one job at a time, back to back, and a phase ends when
 its slowest rank ends (the collective at its end); a job's time is what the run recorded for it.
-- Base: the base model's train answers, the recorded time, on rank 0 before the population (its first job, so
-  it includes loading the model).
+- Start-up: each rank's recorded model load (timing/load; at another rank count their median); then rank 0
+  answers the base model's train split (its recorded time) before the population.
 - Population: N candidates, each its recorded population/seconds (perturb, answer, score, restore); at
   another N, drawn with replacement from the recorded ones (seeded). `slow_share` makes that share of them
   `slow_factor` times slower (runaway answers to max_new_tokens, which a demo run does not show).
@@ -81,7 +81,7 @@ def recorded(f, path: str) -> dict:
             "members": len([job for job in order if job in rate]), "test_size": int(f["data/test_ids"].shape[0]),
             "batch_size": int((cfg.get("generation") or {}).get("batch_size", 1)),
             "perturb_s": perturb_s,
-            "world_size": int(f.attrs["world_size"]),
+            "world_size": int(f.attrs["world_size"]), "load": [float(x) for x in t["load"]],
             "schedule": (cfg.get("runtime") or {}).get("schedule", "strided"),
             "measured": {"population": float(t["population"].max()),
                          "test": float(t["test"].max()) if "test" in t else float("nan")}}
@@ -90,7 +90,10 @@ def recorded(f, path: str) -> dict:
 def simulate(rec: dict, ranks: int, schedule: str, n: int | None = None, members: int | None = None,
              test_size: int | None = None, slow_share: float = 0.0, slow_factor: float = 5.0, take_s: float = 0.0,
              seed: int = 0) -> dict:
-    """One replay (see the module's docstring): the phases' makespans (s), efficiency and member share."""
+    """One replay (see the module's docstring): the phases' makespans (s), the member phase's share of the whole,
+    and efficiencies: the population's (candidates' time over the ranks' time from when each was ready, its
+    model loaded and, on rank 0, the base answered, to the phase's end) and the whole run's (every job and
+    load over ranks × makespan)."""
     rng = np.random.default_rng(seed)
     cands = np.asarray(rec["candidates"], dtype=float)
     if n is not None and n != len(cands):
@@ -98,9 +101,13 @@ def simulate(rec: dict, ranks: int, schedule: str, n: int | None = None, members
     if slow_share > 0:
         cands = np.where(rng.random(len(cands)) < slow_share, cands * slow_factor, cands)
     t_size = rec["test_size"] if test_size is None else test_size
-    start = [rec["base_train"] if r == 0 else 0.0 for r in range(ranks)]
-    ends = deal(cands.tolist(), ranks, schedule, start, take_s)
-    population = max(ends) - min(start)
+    # Each rank loads the model first (rank 0 then answers the base model's train split); the population phase
+    # starts on the other ranks at once, their load inside it.
+    loads = rec["load"] if ranks == len(rec["load"]) else [float(np.median(rec["load"]))] * ranks
+    free = [load + (rec["base_train"] if r == 0 else 0.0) for r, load in enumerate(loads)]
+    phase_start = free[0] if ranks == 1 else 0.0
+    ends = deal(cands.tolist(), ranks, schedule, free, take_s)
+    population = max(ends) - phase_start
     rates = np.asarray(rec["per_prompt"] or [0.0])
     m = rec["members"] if members is None else members
     rates = rates if m == len(rates) else rng.choice(rates, size=m, replace=True)
@@ -112,8 +119,8 @@ def simulate(rec: dict, ranks: int, schedule: str, n: int | None = None, members
         (schedule == "dynamic")
     total = max(ends) + test
     return {"n": len(cands), "ranks": ranks, "schedule": schedule, "population_s": population, "test_s": test,
-            "total_s": total, "efficiency": busy / (ranks * total), "population_efficiency":
-                (float(cands.sum()) + sum(start)) / (ranks * max(ends)),
+            "total_s": total, "efficiency": (busy + sum(loads)) / (ranks * total), "population_efficiency":
+                float(cands.sum()) / sum(max(ends) - f for f in free),
             "member_share": test / total, "parts": len(parts)}
 
 

@@ -23,8 +23,8 @@ def test_strided_and_dynamic_deal_known_cases():
     assert scale.deal([], 3, "dynamic") == [0.0, 0.0, 0.0]
 
 
-REC = {"candidates": [1.0] * 8, "base_train": 2.0, "base_rate": 0.005, "per_prompt": [0.01, 0.02], "members": 2, "test_size": 100,
-       "batch_size": 10, "perturb_s": 0.1, "world_size": 2, "schedule": "strided",
+REC = {"candidates": [1.0] * 8, "base_train": 2.0, "base_rate": 0.005, "per_prompt": [0.01, 0.02], "members": 2,
+       "test_size": 100, "batch_size": 10, "perturb_s": 0.1, "world_size": 2, "schedule": "strided", "load": [0.4, 0.6],
        "measured": {"population": 1.0, "test": 1.0}}
 
 
@@ -33,14 +33,15 @@ def test_simulate_one_rank_is_the_sum_of_the_jobs():
     # One part per job on one rank (3 jobs, PARTS_PER_RANK = 2): the base's 100 answers, then the 2 members'.
     test = 100 * 0.005 + 2 * 0.1 + 100 * (0.01 + 0.02)
     assert x["population_s"] == pytest.approx(8.0) and x["test_s"] == pytest.approx(test)
-    assert x["total_s"] == pytest.approx(2 + 8 + test) and x["efficiency"] == pytest.approx(1.0)
+    # The model loads (the recorded ranks' median, 0.5 s), the base answers the train split (2 s), then the rest.
+    assert x["total_s"] == pytest.approx(0.5 + 2 + 8 + test) and x["efficiency"] == pytest.approx(1.0)
 
 
 def test_simulate_resamples_and_slows_down():
     x = scale.simulate(REC, 4, "strided", n=1000, slow_share=1.0, slow_factor=3.0)
     assert x["n"] == 1000
-    # Every candidate 3 s; rank 0 starts after the base's train answers (2 s): 250 candidates each.
-    assert x["population_s"] == pytest.approx(2 + 750.0)
+    # Every candidate 3 s, 250 on each rank; every rank loads first (0.5 s), rank 0 then answers the base (2 s).
+    assert x["population_s"] == pytest.approx(0.5 + 2 + 750.0)
     # A share of runaways: the same draws (one seed) dealt both ways; the free rank taking the next evens them out.
     s, d = (scale.simulate(REC, 8, schedule, n=200, slow_share=0.1, slow_factor=5.0) for schedule in ("strided",
                                                                                                    "dynamic"))

@@ -324,3 +324,14 @@ def test_the_ensemble_of_a_regression_task_is_the_mean_of_its_members_rollouts()
     assert v.voted_keys[1] == ["[1.0, 1.0]", "[3.0, 3.0]"]          # the mean, a missing rollout left out
     assert v.voted_correct[1] == [True, False] and v.accuracy == [0.0, 0.5, 0.5]   # K=3, item 1: [0, 0]
     assert [round(x, 6) for x in json.loads(v.voted_keys[2][0])] == [2.333333, 2.333333]
+
+
+def test_toy_signal_refuses_to_share_a_population_with_other_tasks(tmp_path):
+    import yaml
+
+    from randopt_hpc.config import ConfigError, load_config
+
+    cfg = {"model": {"path": "/m"}, "task": [{"name": "toy_signal"}, {"name": "countdown"}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="^task: toy_signal averages its members' rollouts.*runs alone$"):
+        load_config(str(tmp_path / "c.yaml"), [], check_paths=False)
