@@ -152,11 +152,14 @@ def test_sigkill_one_rank_under_the_dynamic_schedule_then_rerun_equals_uninterru
     _rerun_equals_uninterrupted(cfg, out, runs)
 
 
-def test_sigterm_stops_every_rank_at_a_boundary_and_a_rerun_resumes(runs, tiny_model, tmp_path):
+@pytest.mark.parametrize("schedule", ["strided", "dynamic"])
+def test_sigterm_stops_every_rank_at_a_boundary_and_a_rerun_resumes(runs, tiny_model, tmp_path, schedule):
     """Slurm preemption / time limit: SIGTERM to every task. Each rank stops between candidates, the
-    job exits with EXIT_PREEMPTED (75), and the rerun completes with nothing lost or evaluated twice."""
+    job exits with EXIT_PREEMPTED (75), and the rerun completes with nothing lost or evaluated twice; under
+    either schedule (dynamic: a rank stops after taking a candidate from the counter, which the rerun
+    computes)."""
     out = tmp_path / "preempted"
-    cfg = write_config(tmp_path / "preempted.yaml", tiny_model, out)
+    cfg = write_config(tmp_path / "preempted.yaml", tiny_model, out, runtime={"schedule": schedule})
     proc, stderr, seconds = _signal_mid_run(cfg, out, [0, 1], signal.SIGTERM)
     assert proc.returncode == 75, stderr[-3000:]
     assert seconds < 30
