@@ -1,0 +1,206 @@
+"""One candidate of a finished run as a Hugging Face model folder:
+`python -m randopt_hpc.export RUN_DIR (--member I | --rank R) --out DIR`.
+
+The folder holds exactly the weights candidate I was evaluated with (the run's config: model.path, dtype,
+population.include/exclude and population.noise; θ0 + σ·ε(seed) by the hf backend, which a vllm run's
+perturbation equals), config.json, the base folder's tokenizer files and generation_config.json, and a
+README.md model card. Everything is checked before anything is written; the folder is written under a
+temporary name beside --out and renamed at the end. docs/export.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+
+import click
+
+from randopt_hpc.cli import Command, fail
+
+NAME = "randopt_hpc.export"
+CHECKED = 16   # at most this many train examples re-answered by the base model (the first batch)
+# Files of the base folder not copied: the weights (written anew), what save_pretrained writes, the card.
+WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf", ".onnx")
+NOT_COPIED = ("config.json", "README.md", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+class Refused(Exception):
+    """One line for stderr, exit 2."""
+
+
+def _strs(ds) -> list[str]:
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in ds[()]]
+
+
+def read_run(run_dir: str, member: int | None, rank: int | None):
+    """(config, the candidate's facts for the card) of a finished run, or Refused."""
+    import h5py
+
+    from randopt_hpc.config import ConfigError
+    from randopt_hpc.population import Population
+    from randopt_hpc.runfolder import RunFolder
+
+    folder = RunFolder(run_dir)
+    if not folder.started:
+        raise Refused(f"{run_dir}: no run.yaml; not a randopt_hpc run folder")
+    try:
+        cfg = folder.config()
+    except ConfigError as e:
+        raise Refused(str(e)) from None
+    damage = folder.results_damage(cfg)
+    if damage is not None:
+        raise Refused(f"{run_dir}: the run is not finished (results.h5 {damage})")
+    with h5py.File(folder.results, "r") as f:
+        ranking = [int(x) for x in f["selection/ranking"][()]]
+        n = len(ranking)
+        if rank is not None and not 1 <= rank <= n:
+            raise Refused(f"--rank {rank}: outside 1..{n} (the run's ranking of {n} candidates)")
+        if member is not None and not 0 <= member < n:
+            raise Refused(f"--member {member}: outside 0..{n - 1} (the run's {n} candidates)")
+        index = ranking[rank - 1] if rank is not None else member
+        cand = Population(cfg.population.seed, n, cfg.population.sigmas, cfg.population.sigma_assignment)[index]
+        if int(f["population/seed"][index]) != cand.seed or float(f["population/sigma"][index]) != cand.sigma:
+            raise Refused(f"{folder.results}: candidate {index}'s seed or sigma is not what its config gives")
+        info = {"index": index, "seed": cand.seed, "sigma": cand.sigma, "position": ranking.index(index) + 1,
+                "population": n, "fingerprint": str(f.attrs["config_fingerprint"]),
+                "train_score": float(f["population/train_score"][index]),
+                "train_accuracy": float(f["population/train_accuracy"][index]), "test_accuracy": None}
+        for group in f["ensemble"].values():
+            members = [int(x) for x in group["members"][()]]
+            if index in members:
+                info["test_accuracy"] = float(group["test_correct"][members.index(index)].mean())
+                break
+        base = {"ids": _strs(f["data/train_ids"]), "keys": _strs(f["base/train_key"]),
+                "texts": _strs(f["base/train_text"])}
+    return cfg, info, base
+
+
+def base_backend(cfg, base: dict):
+    """The hf backend on the run's model.path, the unperturbed model checked against the run's base answers."""
+    from randopt_hpc.backends.hf import HFBackend
+    from randopt_hpc.config import ConfigError
+    from randopt_hpc.data import load_examples, make_task
+    from randopt_hpc.evaluate import Evaluator
+    from randopt_hpc.results import storable
+
+    path = cfg.model.path
+    if cfg.backend == "mlp":
+        raise Refused("backend mlp: the toy MLP is not a Hugging Face model; nothing to export")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise Refused(f"model.path: {path} is not a Hugging Face model folder (no config.json)")
+    runtime = cfg.runtime
+    if runtime.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():   # a GPU run exported on a login node: the same noise on the CPU
+            runtime = dataclasses.replace(runtime, device="cpu")
+    cfg = dataclasses.replace(cfg, runtime=runtime)
+    try:
+        train = load_examples(cfg)[0][:min(cfg.generation.batch_size, CHECKED)]
+        backend = HFBackend.from_config(cfg, path)
+        backend.set_chat(cfg.model.chat, path)
+    except (ConfigError, ValueError, OSError) as e:
+        raise Refused(" ".join(str(e).split())) from None
+    if [ex.id for ex in train] != base["ids"][:len(train)]:
+        raise Refused("task: the train split is not the one this run answered (its data changed)")
+    got = Evaluator(backend, make_task(cfg), keep_text=True).answers(train)
+    differ = sum(storable(t) != bt or (k or "") != bk for t, k, bt, bk
+                 in zip(got.texts, got.keys, base["texts"], base["keys"]))
+    if differ:
+        raise Refused(f"model.path: {path} does not answer as the run's base model did ({differ} of {len(train)} "
+                      "train answers differ)")
+    return backend
+
+
+def card(cfg, info: dict, run_dir: str) -> str:
+    test = "not answered (the candidate was in no voted group)" if info["test_accuracy"] is None \
+        else f"{info['test_accuracy']:.4f}"
+    tasks = "+".join(t.name for t in cfg.all_tasks)
+    return f"""# RandOpt candidate {info['index']}
+
+θ0 + σ·ε(seed) of `{cfg.model.path}`, exported by `python -m randopt_hpc.export` from the finished run
+`{os.path.abspath(run_dir)}` (randopt_hpc: {tasks}, N={info['population']}).
+
+| | |
+|---|---|
+| candidate index | {info['index']} |
+| ranking position | {info['position']} of {info['population']} |
+| seed | {info['seed']} |
+| σ | {info['sigma']!r} |
+| noise | {cfg.population.noise}, dtype {cfg.model.dtype} |
+| config fingerprint | {info['fingerprint']} |
+| train score (mean reward) | {info['train_score']!r} |
+| train accuracy | {info['train_accuracy']:.4f} |
+| test accuracy | {test} |
+
+The run answered greedily with at most {cfg.generation.max_new_tokens} new tokens, stopping at EOS (and the
+task's stop strings); generation_config.json is the base model's.
+"""
+
+
+def export(run_dir: str, out: str, member: int | None, rank: int | None) -> dict:
+    if (member is None) == (rank is None):
+        raise Refused("give exactly one of --member I and --rank R")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise Refused(f"--out {out}: exists and is not an empty folder")
+    cfg, info, base = read_run(run_dir, member, rank)
+    backend = base_backend(cfg, base)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-", dir=parent)
+    try:
+        write(backend, cfg, info, run_dir, tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        for name in os.listdir(tmp):   # mkdtemp's folder is private: the export gets the usual modes
+            os.chmod(os.path.join(tmp, name), 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        if os.path.isdir(out):
+            os.rmdir(out)   # empty (checked); a folder made meanwhile stops the rename
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def write(backend, cfg, info: dict, run_dir: str, tmp: str) -> None:
+    import torch
+
+    backend.perturb(info["seed"], info["sigma"])
+    model = backend.model
+    with torch.no_grad():
+        for p in model.parameters():   # the perturbed tensors are views of one flat buffer: one storage each
+            p.data = p.data.clone()
+    model.save_pretrained(tmp, safe_serialization=True)
+    gen = os.path.join(tmp, "generation_config.json")
+    if os.path.exists(gen):
+        os.remove(gen)   # the backend's greedy settings: the base folder's file (if any) is copied instead
+    src = cfg.model.path
+    for name in sorted(os.listdir(src)):
+        full = os.path.join(src, name)
+        if os.path.isfile(full) and not name.startswith(".") and name not in NOT_COPIED \
+                and not name.endswith(WEIGHTS):
+            shutil.copy2(full, os.path.join(tmp, name))
+    with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card(cfg, info, run_dir))
+
+
+@click.command(cls=Command, error_name=NAME, help=__doc__.splitlines()[0])
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--member", type=int, help="the candidate's index, 0..N-1")
+@click.option("--rank", type=int, help="the candidate at this position of the run's ranking, 1 = best")
+@click.option("--out", required=True, type=click.Path(), help="the folder to write (absent or empty)")
+def main(run_dir: str, member: int | None, rank: int | None, out: str) -> None:
+    try:
+        info = export(run_dir, out, member, rank)
+    except Refused as e:
+        sys.exit(fail(NAME, str(e)))
+    click.echo(f"{out}: candidate {info['index']} (rank {info['position']}/{info['population']}, seed {info['seed']}, "
+               f"sigma {info['sigma']!r}, train score {info['train_score']:.4f})")
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m randopt_hpc.export")
