@@ -12,6 +12,7 @@ from contextlib import ExitStack
 import click
 
 from randopt_hpc.cli import Group
+from randopt_hpc.population import DEALS
 from tools import metrics, render, reports, runfile, schedules, sweep, tables
 from tools.runfile import ResultsError
 
@@ -92,18 +93,24 @@ def sigma(files, as_json):
 
 # ------------------------------------------------------------------------------------------ density
 
-def _margins(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+def _listed(convert, what: str, low=None, choices=()):
+    """A click callback for a comma-separated option: each value converted, at least `low`, one of `choices`."""
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            vals = [convert(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            vals = []
+        if not vals or (low is not None and min(vals) < low) or (choices and set(vals) - set(choices)):
+            raise click.BadParameter(f"expected comma-separated {what}, got {value!r}")
+        return vals
+    return parse
 
 
 @cli.command()
 @files_arg
-@click.option("--margins", callback=_margins, metavar="M1,M2,...",
+@click.option("--margins", callback=_listed(float, "numbers"), metavar="M1,M2,...",
               help="Margins m over the base, in accuracy points (default: "
                    f"{','.join(f'{m:g}' for m in metrics.ACCURACY_MARGINS)}; may be negative). With --on score: over "
                    "the base train score (default: an even grid from the worst to the best candidate, with 0).")
@@ -213,23 +220,16 @@ def halving(files, schedule, first, eta, keep, ks, live, as_json):
 
 # -------------------------------------------------------------------------------------------- scale
 
-def _ints(text: str, name: str, low: int = 1) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        vals = []
-    if not vals or min(vals) < low:
-        raise click.BadParameter(f"expected comma-separated integers >= {low}, got {text!r}", param_hint=name)
-    return vals
-
-
 @cli.command()
 @files_arg
-@click.option("--ranks", default="8,200,800", show_default=True, help="Rank counts to replay on, comma-separated.")
-@click.option("--schedule", "schedules", default="strided,dynamic", show_default=True,
+@click.option("--ranks", default="8,200,800", show_default=True, callback=_listed(int, "integers >= 1", 1),
+              help="Rank counts to replay on, comma-separated.")
+@click.option("--schedule", "schedules", default=",".join(DEALS), show_default=True,
+              callback=_listed(str, f"values of {', '.join(DEALS)}", choices=DEALS),
               help="runtime.schedule values, comma-separated.")
-@click.option("--n", "ns", default=None, help="Population sizes, comma-separated (default: the run's N); candidate "
-              "times are drawn with replacement from the recorded ones.")
+@click.option("--n", "ns", default=None, callback=_listed(int, "integers >= 1", 1),
+              help="Population sizes, comma-separated (default: the run's N); candidate times are drawn with "
+              "replacement from the recorded ones.")
 @click.option("--members", type=click.IntRange(min=0), default=None, help="Member jobs after the ranking (default: "
               "the run's).")
 @click.option("--test-size", type=click.IntRange(min=0), default=None, help="Test problems per member.")
@@ -241,16 +241,12 @@ def _ints(text: str, name: str, low: int = 1) -> list[int]:
 def scale(files, ranks, schedules, ns, members, test_size, slow_share, slow_factor, seed, as_json):
     """Replay each run's recorded job times (population/seconds, jobs/) on R ranks under the strided and dynamic
     schedules: makespan, efficiency and the member phase's share, and how the replay of the run's own ranks
-    and schedule compares with its measured phases (docs/analysis.md, "Scaling")."""
+    and schedule compares with its measured phases (docs/analysis.md, "scale")."""
     from tools import scale as S
 
-    bad = [s for s in schedules.split(",") if s not in ("strided", "dynamic")]
-    if bad:
-        raise click.BadParameter(f"unknown schedule {bad[0]!r}; valid: strided, dynamic", param_hint="--schedule")
     kw = {"members": members, "test_size": test_size, "slow_share": slow_share, "slow_factor": slow_factor,
           "seed": seed}
-    _emit(_each(files, S.report, _ints(ranks, "--ranks"), schedules.split(","),
-                _ints(ns, "--n") if ns else [None], **kw), as_json, S.render)
+    _emit(_each(files, S.report, ranks, schedules, ns or [None], **kw), as_json, S.render)
 
 
 # -------------------------------------------------------------------------------------------- merge

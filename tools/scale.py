@@ -50,8 +50,7 @@ def recorded(f, path: str) -> dict:
     if "jobs" not in f:
         raise runfile.ResultsError(f"{path}: no jobs/ group (written before job times were "
                                    "recorded); rerun it to record them")
-    kind = [x.decode() if isinstance(x, bytes) else x for x in f["jobs/kind"][()]]
-    key = [x.decode() if isinstance(x, bytes) else x for x in f["jobs/key"][()]]
+    kind, key = runfile.strings(f, "jobs/kind").tolist(), runfile.strings(f, "jobs/key").tolist()
     seconds, prompts = f["jobs/seconds"][()], f["jobs/prompts"][()]
     base_train = sum(float(s) for kd, k, s in zip(kind, key, seconds) if (kd, k) == ("base", "train"))
     rate: dict = {}
