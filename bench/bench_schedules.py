@@ -85,14 +85,16 @@ def project(cfg_path: str, overrides: list[str], backend, out_dir: str) -> tuple
         return float(f["timing/population"][0]), int(tokens[tokens >= 0].sum())
 
 
-def perturb_cost(backend, reps: int = 20) -> tuple[float, float]:
-    """(perturb + restore, one plain copy of the perturbed weights) in ms, medians of `reps`."""
+def perturb_cost(backend, reps: int = 20) -> tuple[float, float, float]:
+    """(perturb + restore as the Evaluator does it between candidates, the same with an eager restore, one
+    plain copy of the perturbed weights) in ms, medians of `reps`."""
     import torch
 
     src = torch.zeros(backend.n_perturbed_elements(), dtype=next(iter(backend.model.parameters())).dtype)
     dst = torch.empty_like(src)
-    return (median_ms(lambda: (backend.perturb(2**40 + 7, 0.01), backend.restore()), reps),
-            median_ms(lambda: dst.copy_(src), reps))
+    costs = [median_ms(lambda lazy=lazy: (backend.perturb(2**40 + 7, 0.01), backend.restore(lazy=lazy)), reps)
+             for lazy in (True, False)]
+    return (*costs, median_ms(lambda: dst.copy_(src), reps))
 
 
 def main() -> None:
@@ -140,9 +142,10 @@ def main() -> None:
     for name, s, t in rows:
         rate = a.candidates / s
         print(f"{name:<26} {s:>8.1f} {rate:>7.2f} {rate / ref_rate:>6.2f} {t:>11,} {rows[0][2] / t:>8.2f}")
-    mine, copy = perturb_cost(backend)
-    print(f"perturb + restore: project {mine:.2f} ms, TRL-style {ref_overhead:.2f} ms per candidate; one plain copy "
-          f"of the perturbed weights {copy:.2f} ms (project {mine / copy:.1f}x a copy, population.noise "
+    mine, eager, copy = perturb_cost(backend)
+    print(f"perturb + restore: project {mine:.2f} ms (restore owed until the base is used; {eager:.2f} ms with an "
+          f"eager restore), TRL-style {ref_overhead:.2f} ms per candidate; one plain copy of the perturbed weights "
+          f"{copy:.2f} ms (project {mine / copy:.1f}x a copy, {eager / copy:.1f}x eager; population.noise "
           f"{cfg.population.noise})")
 
 

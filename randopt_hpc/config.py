@@ -28,9 +28,11 @@ from randopt_hpc.configrules import (
     require,
     within,
 )
+from randopt_hpc.es import ALGORITHMS, EsConfig
 from randopt_hpc.halving import SCHEDULES, HalvingConfig
 from randopt_hpc.population import DEALS, NOISE_VERSIONS
 from randopt_hpc.slurmconfig import SlurmConfig
+from randopt_hpc.vllmconfig import VLLMConfig
 
 DECODERS = ("auto", "generate", "loop")   # runtime.decoder (randopt_hpc.backends.hf)
 
@@ -195,36 +197,15 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
-class VLLMConfig:
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9    # vLLM's own default
-    enforce_eager: bool = True             # no CUDA graphs: weights change under the engine every candidate
-    max_model_len: int | None = None
-    kv_cache_gib: float | None = None      # on CPU, null is planned by backends.vllm.plan_memory
-    pristine: str = "device"
-    MAX_KV_CACHE_GIB = 1 << 20             # not a field: a PiB; anything larger is a unit mistake (bytes for GiB)
-
-    def validate(self) -> None:
-        require(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size",
-                 f"must be >= 1, got {self.tensor_parallel_size}")
-        require(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
-                 f"must be in (0, 1], got {self.gpu_memory_utilization}")
-        require(self.max_model_len is None or self.max_model_len >= 1, "vllm.max_model_len",
-                 f"must be >= 1 or null, got {self.max_model_len}")
-        top = self.MAX_KV_CACHE_GIB
-        require(self.kv_cache_gib is None or 0 < self.kv_cache_gib <= top, "vllm.kv_cache_gib",
-                 f"must be in (0, {top:,}] GiB or null, got {self.kv_cache_gib}")
-        choice("vllm.pristine", self.pristine, ("device", "host"))
-
-
-@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: str = "hf"
+    algorithm: str = "randopt"    # or es: iterated, on the same parts (randopt_hpc.es)
     task: TaskConfig = field(default_factory=TaskConfig)   # the task, or the first of `tasks`
     tasks: tuple[TaskConfig, ...] = ()    # several tasks scored on one population (`task:` given as a list)
     population: PopulationConfig = field(default_factory=PopulationConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    es: EsConfig = field(default_factory=EsConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -254,12 +235,16 @@ class Config:
         else:
             self.task.validate(paths)
         self.population.validate()
-        self.selection.validate(self.population.size, self.all_tasks)
+        if self.algorithm != "es":   # ES votes nothing: its section says what it needs
+            self.selection.validate(self.population.size, self.all_tasks)
         self.generation.validate()
         self.output.validate()
         self.runtime.validate()
         self.vllm.validate()
         self.slurm.validate()
+        choice("algorithm", self.algorithm, ALGORITHMS)
+        if self.algorithm == "es":
+            self.es.validate(self)
         return self
 
     @property

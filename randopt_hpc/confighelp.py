@@ -31,6 +31,8 @@ MEANINGS = {
                   "([docs/tasks.md](docs/tasks.md#prompts-modelchat-and-taskprompt_style))",
     "backend": "`hf` (transformers) or `vllm` (one in-process engine per rank; the same model for a seed, see "
                "[The vLLM backend](#the-vllm-backend)); `mlp`: the 1-D toy's MLP (task `toy_signal`)",
+    "algorithm": "`randopt` (one step: score N perturbations, vote the top K) or `es` (evolution strategies on the "
+                 "same parts: es.iterations steps of θ ← θ + α/(Nσ) Σ F_i ε_i; docs/es.md)",
     "task": "one task section (the `task.*` keys), or a list of them: several tasks scored on one population; "
             "each candidate answers every task's train split and results.h5 keeps the N × tasks score matrix "
             "([docs/tasks.md](docs/tasks.md#several-tasks-one-population))",
@@ -55,8 +57,10 @@ MEANINGS = {
     "population.include": "regexes on checkpoint tensor names to perturb; empty = every tensor",
     "population.exclude": "regexes on checkpoint tensor names never perturbed, even if included",
     "population.noise": "how a seed becomes normals: `boxmuller` (Philox words, Box-Muller in float32; every "
-                        "backend) or `table16` (the same words as 16-bit quantiles of the normal from a table, tails "
-                        "cut at ±4.33σ; about 2x faster to draw; backend hf only)",
+                        "backend), `table16` (the same words as 16-bit quantiles of the normal from a table, tails "
+                        "cut at ±4.33σ; about 2x faster to draw; backend hf only) or `window` (runs of 16384 weights "
+                        "read from one fixed table of 4.2 M table16 normals at seeded offsets: a perturbation costs "
+                        "about a copy; backend hf only; docs/noise.md)",
     "selection.top_k": "the K values: the top K candidates by train score vote on the test set (each K a "
                        "prefix of one ranking)",
     "selection.control": "also vote unselected controls: K candidates in a seeded random order, and K with the "
@@ -71,6 +75,12 @@ MEANINGS = {
     "selection.halving.first": "halving: train examples every candidate answers in the first rung",
     "selection.halving.eta": "halving: each rung keeps 1/eta of its candidates and gives them eta times the examples",
     "selection.halving.keep": "halving: never fewer survivors than keep × the largest K",
+    "es.iterations": "es: T, the updates θ_0 → θ_T (a run may grow it)",
+    "es.lr": "es: α, the step size of θ ← θ + α/(Nσ_t) Σ F_i s_i ε_i",
+    "es.sigma_decay": "es: σ_t = σ_0 · sigma_decay^t (σ_0: the one value of population.sigmas)",
+    "es.antithetic": "es: candidates 2j and 2j+1 are θ_t + σ_t ε_j and θ_t − σ_t ε_j (population.size even)",
+    "es.eval_every": "es: θ_t answers the test split every so many iterations, and θ_0 and θ_T always",
+    "es.checkpoint_every": "es: rank 0 saves θ_t every so many iterations; a resumed run starts from the newest",
     "generation.max_new_tokens": "the most tokens generated per answer (candidates and members decode greedily)",
     "generation.batch_size": "prompts generated together in one batch",
     "generation.samples": "S sampled answers of the base model per test item (pass@k, TT-MV, Best-of-N); "
@@ -132,7 +142,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     from randopt_hpc.tasks import TASKS
 
     return {"model.dtype": ("float32", "bfloat16", "float16"), "model.chat": ("auto", "true", "false"),
-            "backend": tuple(BACKENDS), "task.name": tuple(sorted(TASKS)),
+            "backend": tuple(BACKENDS), "task.name": tuple(sorted(TASKS)), "algorithm": ("randopt", "es"),
             "population.sigma_assignment": ("random", "blocked"), "runtime.comm": ("auto", "mpi", "serial"),
             "runtime.noise_impl": ("auto", "torch", "numba"), "runtime.schedule": ("strided", "dynamic"),
             "runtime.decoder": ("auto", "generate", "loop"), "vllm.pristine": ("device", "host")}

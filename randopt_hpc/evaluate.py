@@ -37,7 +37,7 @@ class Evaluator:
             scored = score_all(self.task, [c.text for c in completions], examples)
         if cand is not None:
             with t("restore"):
-                self.backend.restore()
+                self.backend.restore(lazy=True)
         return Answers.from_scored(completions, scored, self.keep_text if keep_text is None else keep_text,
                                    self.settings, [ex.id for ex in examples])
 
@@ -60,6 +60,12 @@ class Evaluator:
         t0 = self.loaded()
         answers = self.answers(test, cand)
         return MemberRecord(index=cand.index, answers=answers, rank=self.rank, seconds=time.perf_counter() - t0)
+
+    def model(self, index: int, examples) -> MemberRecord:
+        """The backend's current θ (unperturbed) on the test split, as member `index` (ES: θ_index)."""
+        t0 = self.loaded()
+        answers = self.answers(examples)
+        return MemberRecord(index=index, answers=answers, rank=self.rank, seconds=time.perf_counter() - t0)
 
     def base(self, split: str, examples) -> BaseRecord:
         # One model: its raw completions are always kept.

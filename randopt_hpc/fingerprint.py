@@ -22,11 +22,11 @@ from randopt_hpc.config import Config, to_dict
 # A section name stands for all its fields.
 NON_RESULT_FIELDS = ("output.dir", "output.overwrite", "output.save_text", "runtime.comm",
                      "runtime.progress_every_s", "runtime.noise_impl", "runtime.stage_dir", "runtime.stop_grace_s",
-                     "runtime.schedule", "runtime.decoder", "slurm")
+                     "runtime.schedule", "runtime.decoder", "slurm", "es.checkpoint_every")
 SETTINGS = ("generation.batch_size", "runtime.threads")
 GROWABLE = ("population.size", "selection.top_k", "selection.control", "selection.control_size", "selection.task",
             "selection.schedule", "selection.halving.first", "selection.halving.eta", "selection.halving.keep",
-            "generation.samples", "task.test_size")
+            "generation.samples", "task.test_size", "es.iterations", "es.eval_every")
 
 
 def _flat(cfg: Config) -> dict:
@@ -44,8 +44,12 @@ def _flat(cfg: Config) -> dict:
 
 def result_fingerprint(cfg: Config) -> dict:
     """The flattened fields that define results (GROWABLE ones included)."""
-    return {k: v for k, v in _flat(cfg).items()
+    flat = {k: v for k, v in _flat(cfg).items()
             if k not in SETTINGS and k not in NON_RESULT_FIELDS and k.split(".")[0] not in NON_RESULT_FIELDS}
+    # The other algorithm's fields mean nothing to a run (and a RandOpt run's hash stays what it was before ES).
+    if cfg.algorithm == "randopt":
+        return {k: v for k, v in flat.items() if k != "algorithm" and not k.startswith("es.")}
+    return {k: v for k, v in flat.items() if not k.startswith("selection.")}
 
 
 def settings(cfg: Config) -> dict:
@@ -72,6 +76,9 @@ def growth_refusal(old: Config, new: Config) -> str | None:
         k = fixed[0]
         return f"{k}: {a.get(k)!r} there, {b[k]!r} here; a run may change only {', '.join(GROWABLE + SETTINGS)}"
     p = new.population
+    if new.algorithm == "es" and old.population.size != p.size:
+        return (f"population.size: {old.population.size} there, {p.size} here; every ES update depends on N, "
+                "so it cannot grow; start a new output.dir")
     if old.population.size != p.size and p.sigma_assignment == "blocked" and len(p.sigmas) > 1:
         return (f"population.size: {old.population.size} there, {p.size} here, but blocked σ assignment gives "
                 "candidate i another σ at another N; start a new output.dir")

@@ -14,7 +14,7 @@ those of one rank answering the whole member.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 # Before the population, on rank 0: the base model on the train split, so that a broken prompt shows at once.
 # Its test answers come after the ranking, in parts like a member's: at the paper's scale (2000 test problems)
@@ -39,6 +39,14 @@ def test_parts(jobs: Sequence[tuple[str, object]], n_test: int, batch_size: int,
     per_job = min(batches, max(1, math.ceil(PARTS_PER_RANK * size / max(1, len(jobs)))))
     step = math.ceil(batches / per_job) * batch_size
     return [(kind, key, lo, min(lo + step, n_test)) for kind, key in jobs for lo in range(0, max(n_test, 1), step)]
+
+
+def share(items: Sequence, todo, rank: int, size: int, dealer: Dealer | None = None) -> Iterable:
+    """This rank's share of a phase's items that `todo` says still need computing: the strided slice (filtered
+    after slicing, so a resumed phase keeps its owners), or what the dealer hands out (runtime.schedule)."""
+    if dealer is None:
+        return [x for x in list(items)[rank::size] if todo(x)]
+    return dealer.deal([x for x in items if todo(x)])
 
 
 class Dealer:

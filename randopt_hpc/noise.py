@@ -13,9 +13,11 @@ Two Philox implementations give bitwise equal words: "torch" (reference, any dev
 "numba" (compiled CPU). The float transform is always the same torch code, so they also
 give identical normals.
 
-Noise versions (NOISE_VERSIONS, argument `version`): "boxmuller" (the above; the default, unchanged)
-and "table16" (the same words, each split into two 16-bit quantile-table lookups: a discretised normal,
-about 2x fewer Philox blocks and no float transform; see randopt_hpc.noise_table).
+Noise versions (NOISE_VERSIONS, argument `version`): "boxmuller" (the above; the default, unchanged),
+"table16" (the same words, each split into two 16-bit quantile-table lookups: a discretised normal,
+about 2x fewer Philox blocks and no float transform; see randopt_hpc.noise_table) and "window" (runs of
+16384 elements read from one fixed table of table16 normals at a seeded offset: one Philox block per run;
+see randopt_hpc.noise_window).
 """
 from __future__ import annotations
 
@@ -170,13 +172,18 @@ def normals_from_uint32(x: torch.Tensor, start: int) -> torch.Tensor:
 
 
 def _table(version: str):
-    """The table16 module for version "table16", None for "boxmuller"; ValueError for anything else."""
+    """The module that draws a table version ("table16", "window"), None for "boxmuller"; ValueError for
+    anything else."""
     if version not in NOISE_VERSIONS:
         raise ValueError(f"unknown noise version {version!r}; expected one of {NOISE_VERSIONS}")
     if version == "table16":
-        from randopt_hpc import noise_table  # lazy: it imports this module
+        from randopt_hpc import noise_table  # lazy: both import this module
 
         return noise_table
+    if version == "window":
+        from randopt_hpc import noise_window
+
+        return noise_window
     return None
 
 
@@ -248,3 +255,16 @@ def perturb_(param: torch.Tensor, base: torch.Tensor, seed: int, name: str, sigm
         out[s:s + n].copy_(eps)
     if not param.is_contiguous():
         param.copy_(out.view(param.shape))
+
+
+def shift_(base: torch.Tensor, name: str, terms, impl: str = "auto", version: str = "boxmuller",
+           chunk: int = 1 << 22) -> None:
+    """base <- cast(base.float() + Σ float32(c) * noise(seed)) for (seed, c) in `terms`, summed in order in
+    float32 (an ES update, randopt_hpc.es); bitwise what FlatParams.shift gives."""
+    flat = base.view(-1)
+    for s in range(0, flat.numel(), chunk):
+        n = min(chunk, flat.numel() - s)
+        acc = torch.zeros(n, dtype=torch.float32, device=base.device)
+        for seed, c in terms:
+            acc.add_(normals_range(seed, name, s, n, impl, base.device, version).mul_(float(np.float32(c))))
+        flat[s:s + n].copy_(acc.add_(flat[s:s + n].to(torch.float32)))

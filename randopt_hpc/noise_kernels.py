@@ -5,6 +5,7 @@ import numba
 import numpy as np
 
 from randopt_hpc import noise as N
+from randopt_hpc import noise_window as W
 
 u64, u32 = np.uint64, np.uint32
 M32, S32 = u64(N._M32), u64(32)
@@ -84,6 +85,29 @@ def boxmuller_inputs(k, h0, h1, j0, off, cnt, u1, theta):
         for p in range(buf.shape[0] // 2):
             u1[o + p] = np.float32((buf[2 * p] >> 8) + u32(1)) * TWO_POW_M24
             theta[o + p] = (np.float32(buf[2 * p + 1] >> 8) * TWO_POW_M24) * TWO_PI
+
+
+WINDOW, WINDOW_MASK, MARK = u64(W.WINDOW), u64((1 << W.TABLE_BITS) - 1), u64(W._MARK)
+
+
+@numba.njit(boundscheck=False, cache=True)
+def add_window(src, base, out, sigma):
+    for j in range(out.shape[0]):
+        out[j] = base[j] + sigma * src[j]
+
+
+@numba.njit(parallel=True, boundscheck=False, cache=True)
+def window_flat(k, h0, h1, j0, off, cnt, table, base, out, sigma, fused):
+    # noise_window: item i (elements j0[i].. of one tensor, j0 a multiple of the window) is one window of the
+    # table; fused: out = base + sigma * window (two float32 ops, as torch's mul_ then add_), else out = window.
+    for i in numba.prange(off.shape[0]):
+        b = u64(j0[i]) // WINDOW
+        x0, _, _, _ = philox(b & M32, (b >> S32) | MARK, h0[i] & M32, h1[i] & M32, k)
+        o, n = x0 & WINDOW_MASK, cnt[i]
+        if fused:
+            add_window(table[o:o + n], base[off[i]:off[i] + n], out[off[i]:off[i] + n], sigma)
+        else:
+            out[off[i]:off[i] + n] = table[o:o + n]
 
 
 # randopt_hpc.noise's Philox words, one block per counter (a round loop: the reference layout).

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from randopt_hpc import noise as N
+from randopt_hpc import noise_window
 
-_ITEM = 1 << 14          # elements per parallel work item (a multiple of 8)
+_ITEM = noise_window.WINDOW   # elements per parallel work item: a multiple of 8, and one window of "window"
 _CHUNK = 1 << 21         # elements per scratch chunk, bounding Box-Muller's temporaries
 
 
@@ -140,13 +141,32 @@ class FlatParams:
 
     def perturb(self, seed: int, sigma: float, version: str = "boxmuller") -> None:
         """flat <- cast(base + float32(sigma) * eps(version)), bitwise as noise.perturb_ per tensor."""
+        self._draw(seed, sigma, version, self.base_flat, self.flat)
+
+    def shift(self, terms, version: str = "boxmuller") -> None:
+        """base <- cast(base + Σ float32(c) * eps(seed)) for (seed, c) in `terms` (an ES update), the sum in
+        order in float32, bitwise as noise.shift_ per tensor; then the weights are the new base."""
+        acc = torch.zeros(self.numel, dtype=torch.float32)
+        for seed, c in terms:
+            self._draw(seed, c, version, acc, acc)   # acc <- acc + c * eps: the two float32 ops of a perturbation
+        self.base_flat.copy_(acc.add_(self.base_flat.to(torch.float32)))
+        self.restore()
+
+    def _draw(self, seed: int, sigma: float, version: str, base: torch.Tensor, out: torch.Tensor) -> None:
+        """out <- cast(base + float32(sigma) * eps) over the whole buffer (base and out may be one tensor)."""
         if version not in N.NOISE_VERSIONS:
             raise ValueError(f"unknown noise version {version!r}; expected one of {N.NOISE_VERSIONS}")
         k, sigma32 = _round_keys(seed), np.float32(sigma)
         _, table_kernel, bm_kernel = _kernels()
-        if version == "table16" and self.dtype == torch.float32:
-            table_kernel(k, self.h0, self.h1, self.j0, self.off, self.cnt, table16().numpy(),
-                         self.base_flat.numpy(), self.flat.numpy(), sigma32, True)
+        if version == "window":
+            from randopt_hpc import noise_kernels, noise_window
+
+            table_kernel, table = noise_kernels.window_flat, noise_window.table().numpy()
+        else:
+            table = table16().numpy()
+        if version != "boxmuller" and out.dtype == base.dtype == torch.float32:
+            table_kernel(k, self.h0, self.h1, self.j0, self.off, self.cnt, table, base.numpy(), out.numpy(),
+                         sigma32, True)
             return
         for a, b in zip(self.cuts[:-1], self.cuts[1:]):
             s = int(self.off[a])
@@ -154,17 +174,17 @@ class FlatParams:
             eps = self._eps(e - s)
             off = self.off[a:b] - s
             args = (k, self.h0[a:b], self.h1[a:b], self.j0[a:b], off, self.cnt[a:b])
-            if version == "table16":
-                table_kernel(*args, table16().numpy(), eps.numpy(), eps.numpy(), sigma32, False)
+            if version != "boxmuller":
+                table_kernel(*args, table, eps.numpy(), eps.numpy(), sigma32, False)
             else:
                 self._boxmuller(args, eps, bm_kernel)
             # Separate mul and add, as noise.perturb_ does, so no FMA changes a bit.
             eps.mul_(float(sigma32))
-            if self.dtype == torch.float32:
-                torch.add(eps, self.base_flat[s:e], out=self.flat[s:e])
+            if out.dtype == base.dtype == torch.float32:
+                torch.add(eps, base[s:e], out=out[s:e])
             else:
-                eps.add_(self.base_flat[s:e].to(torch.float32))
-                self.flat[s:e].copy_(eps)
+                eps.add_(base[s:e].to(torch.float32))
+                out[s:e].copy_(eps)
 
     def _eps(self, n: int) -> torch.Tensor:
         if self._scratch is None or self._scratch.numel() < 3 * n:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 _MASK64 = (1 << 64) - 1
 # How a seed becomes normals (randopt_hpc.noise): part of what a candidate is, so a result-defining choice.
-NOISE_VERSIONS = ("boxmuller", "table16")
+NOISE_VERSIONS = ("boxmuller", "table16", "window")
 # runtime.schedule: how candidates are dealt to ranks (`owned`, or a shared counter: randopt_hpc.deal).
 DEALS = ("strided", "dynamic")
 

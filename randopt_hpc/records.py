@@ -217,8 +217,8 @@ def from_json(line: str) -> Record:
         answers = Answers.from_dict(d)
         if d["type"] == "candidate":
             sigma, seconds = float(d["sigma"]), float(d["seconds"])
-            if not (math.isfinite(sigma) and sigma > 0):
-                raise ValueError("sigma must be a positive number")
+            if not (math.isfinite(sigma) and sigma != 0):   # negative: the antithetic twin of an ES pair
+                raise ValueError("sigma must be a non-zero number")
             return CandidateRecord(index=_int(d, "index"), seed=_int(d, "seed"), sigma=sigma, answers=answers,
                                    rank=_int(d, "rank"), seconds=seconds)
         job = {"rank": _int(d, "rank"), "seconds": float(d["seconds"])} if "seconds" in d else {}

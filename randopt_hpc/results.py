@@ -136,6 +136,10 @@ def damage(path: str, cfg) -> str | None:
                 return "written for another config"
             n, m, t = cfg.population.size, cfg.task.train_size, cfg.task.test_size
             k, nk = max(cfg.selection.top_k), len(cfg.selection.top_k)
+            if cfg.algorithm == "es":
+                from randopt_hpc.es_results import expected_shapes
+
+                return _shape_damage(f, expected_shapes(cfg))
             want = {"population/seed": (n,), "population/train_score": (n,), "population/train_reward": (n, m),
                     "population/train_key": (n, m), "base/train_correct": (m,), "base/test_correct": (t,),
                     "selection/ranking": (n,), "selection/top_k": (nk,), "ensemble/selected/members": (k,),
@@ -146,12 +150,17 @@ def damage(path: str, cfg) -> str | None:
                              "ensemble/control_sigma/members": (k,), "ensemble/control_sigma/voted_correct": (nk, t)})
             if cfg.generation.samples:
                 want["base/test_samples_key"] = (cfg.generation.samples, t)
-            for name, shape in want.items():
-                if name not in f:
-                    return f"{name} is missing"
-                if f[name].shape != shape:
-                    return f"{name} has shape {f[name].shape}, expected {shape}"
-                f[name][()]   # every dataset cfg implies must read back, not only its shape
+            return _shape_damage(f, want)
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         return f"cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    return None
+
+
+def _shape_damage(f, want: dict) -> str | None:
+    for name, shape in want.items():
+        if name not in f:
+            return f"{name} is missing"
+        if f[name].shape != shape:
+            return f"{name} has shape {f[name].shape}, expected {shape}"
+        f[name][()]   # every dataset cfg implies must read back, not only its shape
     return None

@@ -19,6 +19,7 @@ from randopt_hpc.comm import EXIT_INTERRUPTED, Preempted, StopFlag, exit_code, i
 from randopt_hpc.config import ConfigError, load_config
 from randopt_hpc.data import make_task
 from randopt_hpc.environment import Environment, setup_process
+from randopt_hpc.es_run import run_es
 from randopt_hpc.evaluate import Evaluator
 from randopt_hpc.fingerprint import settings
 from randopt_hpc.lock import LockError
@@ -64,10 +65,7 @@ def run(cfg, comm, env, log, train, test, stop: StopFlag, *, backend=None, on_ca
     dealer = J.Dealer(comm.counter(), size) if cfg.runtime.schedule == "dynamic" else None
 
     def mine(items: list, todo) -> Iterable:
-        """This rank's share of a phase's items that `todo` says still need computing."""
-        if dealer is None:
-            return [x for x in pop.owned(items, rank, size) if todo(x)]
-        return dealer.deal([x for x in items if todo(x)])
+        return J.share(items, todo, rank, size, dealer)
 
     answered = []     # this run's base, member and sample records, gathered on rank 0 at the end
 
@@ -229,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"randopt_hpc: error: {refused}", file=sys.stderr)
         return 2
     try:
-        run(cfg, comm, env, log, train, test, stop, on_candidate=env.fault.hook if env.fault else None)
+        algorithm = run if cfg.algorithm == "randopt" else run_es
+        algorithm(cfg, comm, env, log, train, test, stop, on_candidate=env.fault.hook if env.fault else None)
     except Preempted as e:
         log.warning("%s; shard flushed. Rerun the same command (or requeue) to resume.", e)
         # Launchers signal every rank: wait up to stop_grace_s for the others to finish their candidate

@@ -21,8 +21,8 @@ class Backend(Protocol):
     def perturb(self, seed: int, sigma: float) -> None:
         """Become θ0 + σ·ε(seed), computed from the pristine θ0 (docs/design.md, invariant 2)."""
 
-    def restore(self) -> None:
-        """Become θ0 again, bitwise (invariant 3)."""
+    def restore(self, lazy: bool = False) -> None:
+        """Become θ0 again, bitwise (invariant 3); lazy: by the time the base model is next used."""
 
     def generate(self, examples: Sequence[Example]) -> list[str]:
         """One greedy completion per example (new text only), in the order of `examples`."""
@@ -126,19 +126,66 @@ class BaseBackend:
     model_name: str = ""             # what the auto rule reads: the model folder's name
     use_stop_strings: bool = True    # config generation.stop_strings: stop at each example's stop strings
 
+    # True where _perturb rewrites every perturbed weight from the pristine copy (HFBackend's flat buffer):
+    # then a restore between two perturbations is a copy nobody reads.
+    rewrites_all = False
+
     def __init__(self):
         self.perturbed = False
+        self.stale = False     # restored lazily: the weights are still the last candidate's
         self._encoded: dict[tuple[str, ...], Any] = {}
 
     def perturb(self, seed: int, sigma: float) -> None:
         if self.perturbed:
             raise RuntimeError("perturb() twice without restore()")
         self._perturb(seed, sigma)
-        self.perturbed = True
+        self.perturbed, self.stale = True, False
 
-    def restore(self) -> None:
-        self._restore()
+    def restore(self, lazy: bool = False) -> None:
+        """Back to θ0 bitwise. lazy (the Evaluator, after each candidate): where the next perturbation rewrites
+        every weight anyway, the copy waits until the base model is next asked for completions, so a
+        population costs N perturbations and no copies."""
+        if lazy and self.rewrites_all:
+            self.stale = True
+        else:
+            self._restore()
+            self.stale = False
         self.perturbed = False
+
+    def shift(self, terms) -> None:
+        """θ0 <- cast(θ0 + Σ c·ε(seed)) for (seed, c) in `terms`, in order in float32 (an ES update,
+        randopt_hpc.es): the same bits on every rank. The weights become the new θ0."""
+        if self.perturbed:
+            raise RuntimeError("shift() while perturbed: restore() first")
+        self._shift(list(terms))
+        self.stale = False
+
+    def base_tensors(self) -> dict:
+        """θ0, the pristine copy of the perturbed tensors, by name in checkpoint order (views: do not write)."""
+        return {n: self._base[n] for n in self.names}
+
+    def load_base(self, tensors: dict) -> None:
+        """θ0 <- `tensors` (an ES checkpoint), and the weights with it."""
+        import torch
+
+        if self.perturbed:
+            raise RuntimeError("load_base() while perturbed: restore() first")
+        with torch.no_grad():
+            for n in self.names:
+                self._base[n].copy_(tensors[n])
+        self._restore()
+        self.stale = False
+
+    def _shift(self, terms) -> None:
+        # The per-tensor path over the pristine copy; a backend with a faster one overrides it.
+        import torch
+
+        from randopt_hpc import noise
+
+        with torch.no_grad():
+            for n in self.names:
+                noise.shift_(self._base[n], n, terms, self.noise_impl, self.noise_version)
+                self._params[n].data.copy_(self._base[n])
 
     def encoded(self, examples: Sequence[Example]) -> Any:
         """The prompts as the model takes them; the same for every candidate, so encoded once per list."""
@@ -179,6 +226,8 @@ class BaseBackend:
 
     def complete(self, examples: Sequence[Example], sampling: Sampling | None = None) -> list[Completion]:
         """One Completion per example: greedy, or sample `sampling.index` of each (randopt_hpc.sampling)."""
+        if self.stale:
+            self.restore()
         # Only what precedes the stop token is the answer: a stop id need not be a special token
         # (skip_special_tokens would not drop it), and nothing after it may reach a grade.
         stops = self._stop_id_list()

@@ -85,12 +85,23 @@ class HFBackend(BaseBackend):
     # ------------------------------------------------------------------ weights
     def _perturb(self, seed: int, sigma: float) -> None:
         with self.torch.no_grad():
-            if self._flat is not None and self._flat.names == self.names:   # else a test narrowed `names`
+            if self.rewrites_all:   # else a test narrowed `names`
                 self._flat.perturb(seed, sigma, self.noise_version)
                 return
             for n in self.names:
                 noise.perturb_(self._params[n].data, self._base[n], seed, n, sigma, impl=self.noise_impl,
                                version=self.noise_version)
+
+    def _shift(self, terms) -> None:
+        if self.rewrites_all:
+            with self.torch.no_grad():
+                self._flat.shift(terms, self.noise_version)
+        else:
+            super()._shift(terms)
+
+    @property
+    def rewrites_all(self) -> bool:
+        return self._flat is not None and self._flat.names == self.names
 
     def _restore(self) -> None:
         # Copy from the pristine base: subtracting the noise again drifts in low precision.

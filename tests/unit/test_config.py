@@ -53,7 +53,8 @@ def test_fingerprint_ignores_only_non_result_fields(base_cfg):
     a = result_fingerprint(load_config(str(path)))
     assert a == result_fingerprint(load_config(str(path), ["output.overwrite=true", "runtime.comm=serial"]))
     assert a != result_fingerprint(load_config(str(path), ["population.seed=1"]))
-    for changed in ("population.noise=table16", "generation.stop_strings=false"):   # what a candidate answers
+    # What a candidate answers.
+    for changed in ("population.noise=table16", "population.noise=window", "generation.stop_strings=false"):
         assert a != result_fingerprint(load_config(str(path), [changed]))
 
 
@@ -91,6 +92,7 @@ BAD = [
     (["runtime.stop_grace_s=-1"], "runtime.stop_grace_s"),
     (["population.noise=box"], "population.noise"),
     (["backend=vllm", "population.noise=table16"], "population.noise"),   # the hf backend's only
+    (["backend=vllm", "population.noise=window"], "population.noise"),
     (["generation.stop_strings=maybe"], "generation.stop_strings"),
     (["selection.schedule=half"], "selection.schedule"),
     (["selection.halving.eta=1"], "selection.halving.eta"),

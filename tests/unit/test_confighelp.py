@@ -39,8 +39,8 @@ def test_every_field_has_a_meaning_and_no_meaning_is_stale():
     missing = [name for name in leaves if not confighelp.MEANINGS.get(name, "").strip()]
     assert not missing, f"add a meaning to confighelp.MEANINGS for {missing}"
     assert set(confighelp.MEANINGS) - set(leaves) == {"task"}
-    assert [k.name for k in confighelp.keys()] == ["model.path", "model.dtype", "model.chat", "backend", "task",
-                                                   *list(leaves)[4:]]
+    assert [k.name for k in confighelp.keys()] == ["model.path", "model.dtype", "model.chat", "backend",
+                                                   "algorithm", "task", *list(leaves)[5:]]
 
 
 def test_the_defaults_shown_are_the_dataclass_defaults():
@@ -105,7 +105,7 @@ def test_an_unknown_prefix_is_one_line_and_exit_2():
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and p.stdout == "" and len(lines) == 1, p.stderr
     assert lines[0].startswith("randopt_hpc.config: error: ") and "did you mean population.size?" in lines[0]
-    assert "sections: model, backend, task, population," in lines[0]
+    assert "sections: model, backend, algorithm, task, population," in lines[0]
 
 
 def test_help(capsys):
