@@ -219,6 +219,7 @@ class Config:
         from randopt_hpc.backends import BACKENDS
 
         choice("backend", self.backend, tuple(BACKENDS))
+        choice("algorithm", self.algorithm, ALGORITHMS)
         require(self.backend == "hf" or self.population.noise == "boxmuller", "population.noise",
                 f"{self.population.noise} is drawn by the hf backend only; backend {self.backend} needs boxmuller")
         require(self.backend != "mlp" or self.generation.samples == 0, "generation.samples",
@@ -242,7 +243,6 @@ class Config:
         self.runtime.validate()
         self.vllm.validate()
         self.slurm.validate()
-        choice("algorithm", self.algorithm, ALGORITHMS)
         if self.algorithm == "es":
             self.es.validate(self)
         return self
