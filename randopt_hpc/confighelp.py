@@ -81,6 +81,17 @@ MEANINGS = {
     "es.antithetic": "es: candidates 2j and 2j+1 are θ_t + σ_t ε_j and θ_t − σ_t ε_j (population.size even)",
     "es.eval_every": "es: θ_t answers the test split every so many iterations, and θ_0 and θ_T always",
     "es.checkpoint_every": "es: rank 0 saves θ_t every so many iterations; a resumed run starts from the newest",
+    "rounds": "iterative RandOpt: R searches, each after the first from the previous round's top K distilled into "
+              "one model (output.dir/round-r/, a summary in rounds.md; hf backend; docs/distill.md)",
+    "distill.k": "rounds: the members distilled, the top K (null: the largest selection.top_k)",
+    "distill.traces": "rounds: per prompt the shortest kept answer (the reference's rule) or every distinct one",
+    "distill.unlabeled": "rounds: prompts per task in neither split, answered by the members' vote",
+    "distill.epochs": "rounds: passes of the fine-tuning over the kept traces",
+    "distill.lr": "rounds: peak AdamW rate (linear warm-up over 10% of the steps, then cosine to 0)",
+    "distill.batch_size": "rounds: traces per optimizer step",
+    "distill.seed": "rounds: the fine-tuning's shuffling and LoRA initialisation",
+    "distill.lora": "rounds: `auto` (LoRA through peft above 1e9 parameters, full fine-tuning below), `on`, `off`",
+    "distill.lora_rank": "rounds: rank of the LoRA adapters (alpha = 2 × rank)",
     "generation.max_new_tokens": "the most tokens generated per answer (candidates and members decode greedily)",
     "generation.batch_size": "prompts generated together in one batch",
     "generation.samples": "S sampled answers of the base model per test item (pass@k, TT-MV, Best-of-N); "
@@ -143,6 +154,7 @@ def choices() -> dict[str, tuple[str, ...]]:
 
     return {"model.dtype": ("float32", "bfloat16", "float16"), "model.chat": ("auto", "true", "false"),
             "backend": tuple(BACKENDS), "task.name": tuple(sorted(TASKS)), "algorithm": ("randopt", "es"),
+            "distill.traces": ("shortest", "all"), "distill.lora": ("auto", "on", "off"),
             "population.sigma_assignment": ("random", "blocked"), "runtime.comm": ("auto", "mpi", "serial"),
             "runtime.noise_impl": ("auto", "torch", "numba"), "runtime.schedule": ("strided", "dynamic"),
             "runtime.decoder": ("auto", "generate", "loop"), "vllm.pristine": ("device", "host")}

@@ -1,5 +1,5 @@
-"""One candidate of a finished run as a Hugging Face model folder:
-`python -m randopt_hpc.export RUN_DIR (--member I | --rank R) --out DIR`.
+"""One candidate of a finished run, or an ES run's final θ, as a Hugging Face model folder:
+`python -m randopt_hpc.export RUN_DIR (--member I | --rank R | --final) --out DIR`.
 
 The folder holds exactly the weights candidate I was evaluated with (the run's config: model.path, dtype,
 population.include/exclude and population.noise; θ0 + σ·ε(seed) by the hf backend, which a vllm run's
@@ -30,16 +30,13 @@ class Refused(Exception):
     """One line for stderr, exit 2."""
 
 
-def _strs(ds) -> list[str]:
+def strs(ds) -> list[str]:
     return [x.decode() if isinstance(x, bytes) else str(x) for x in ds[()]]
 
 
-def read_run(run_dir: str, member: int | None, rank: int | None):
-    """(config, the candidate's facts for the card) of a finished run, or Refused."""
-    import h5py
-
+def finished(run_dir: str):
+    """(config, RunFolder) of a finished run, or Refused."""
     from randopt_hpc.config import ConfigError
-    from randopt_hpc.population import Population
     from randopt_hpc.runfolder import RunFolder
 
     folder = RunFolder(run_dir)
@@ -52,6 +49,22 @@ def read_run(run_dir: str, member: int | None, rank: int | None):
     damage = folder.results_damage(cfg)
     if damage is not None:
         raise Refused(f"{run_dir}: the run is not finished (results.h5 {damage})")
+    return cfg, folder
+
+
+def read_run(run_dir: str, member: int | None, rank: int | None, final: bool = False):
+    """(config, the candidate's facts for the card, the base's stored answers to check it by) of a finished run,
+    or Refused. final: an ES run's θ_T."""
+    import h5py
+
+    from randopt_hpc.population import Population
+
+    cfg, folder = finished(run_dir)
+    if (cfg.algorithm == "es") != final:
+        raise Refused("an ES run: export its final θ with --final" if final is False else
+                      "--final: only an ES run (algorithm: es) has a final θ; give --member I or --rank R")
+    if final:
+        return (cfg, *read_es(folder.results, cfg))
     with h5py.File(folder.results, "r") as f:
         ranking = [int(x) for x in f["selection/ranking"][()]]
         n = len(ranking)
@@ -72,9 +85,23 @@ def read_run(run_dir: str, member: int | None, rank: int | None):
             if index in members:
                 info["test_accuracy"] = float(group["test_correct"][members.index(index)].mean())
                 break
-        base = {"ids": _strs(f["data/train_ids"]), "keys": _strs(f["base/train_key"]),
-                "texts": _strs(f["base/train_text"])}
+        base = {"ids": strs(f["data/train_ids"]), "keys": strs(f["base/train_key"]),
+                "texts": strs(f["base/train_text"])}
     return cfg, info, base
+
+
+def read_es(path: str, cfg) -> tuple[dict, dict]:
+    """An ES run's θ_T facts, and θ_0's stored test keys to check the base model by."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        es = f["es"]
+        info = {"iteration": cfg.es.iterations, "theta_sha256": strs(es["theta_sha256"])[-1],
+                "population": cfg.population.size, "fingerprint": str(f.attrs["config_fingerprint"]),
+                "train_tokens": int(es["train_tokens"][-1]), "test_accuracy": float(es["test_accuracy"][-1])}
+        base = {"split": "test", "ids": strs(f["data/test_ids"]), "keys": strs(es["test_key"][0]),
+                "texts": None}
+    return info, base
 
 
 def base_backend(cfg, base: dict):
@@ -97,24 +124,40 @@ def base_backend(cfg, base: dict):
         if not torch.cuda.is_available():   # a GPU run exported on a login node: the same noise on the CPU
             runtime = dataclasses.replace(runtime, device="cpu")
     cfg = dataclasses.replace(cfg, runtime=runtime)
+    split = base.get("split", "train")   # the stored answers it is checked by: train (texts too), or ES's θ_0 test keys
     try:
-        train = load_examples(cfg)[0][:min(cfg.generation.batch_size, CHECKED)]
+        examples = load_examples(cfg)[split == "test"][:min(cfg.generation.batch_size, CHECKED)]
         backend = HFBackend.from_config(cfg, path)
         backend.set_chat(cfg.model.chat, path)
     except (ConfigError, ValueError, OSError) as e:
         raise Refused(" ".join(str(e).split())) from None
-    if [ex.id for ex in train] != base["ids"][:len(train)]:
-        raise Refused("task: the train split is not the one this run answered (its data changed)")
-    got = Evaluator(backend, make_task(cfg), keep_text=True).answers(train)
-    differ = sum(storable(t) != bt or (k or "") != bk for t, k, bt, bk
-                 in zip(got.texts, got.keys, base["texts"], base["keys"]))
+    if [ex.id for ex in examples] != base["ids"][:len(examples)]:
+        raise Refused(f"task: the {split} split is not the one this run answered (its data changed)")
+    got = Evaluator(backend, make_task(cfg), keep_text=True).answers(examples)
+    texts = base["texts"] or [None] * len(examples)
+    differ = sum((bt is not None and storable(t) != bt) or (k or "") != bk for t, k, bt, bk
+                 in zip(got.texts, got.keys, texts, base["keys"]))
     if differ:
-        raise Refused(f"model.path: {path} does not answer as the run's base model did ({differ} of {len(train)} "
-                      "train answers differ)")
+        raise Refused(f"model.path: {path} does not answer as the run's base model did ({differ} of {len(examples)} "
+                      f"{split} answers differ)")
     return backend
 
 
 def card(cfg, info: dict, run_dir: str) -> str:
+    if "seed" not in info:
+        return f"""# ES θ_{info['iteration']}
+
+`{cfg.model.path}` after {info['iteration']} iterations of evolution strategies (N={info['population']}
+per iteration, lr {cfg.es.lr!r}, σ_0 {cfg.population.sigmas[0]!r}, noise {cfg.population.noise}, dtype
+{cfg.model.dtype}), exported by `python -m randopt_hpc.export --final` from the finished run
+`{os.path.abspath(run_dir)}` (config fingerprint {info['fingerprint']}).
+
+| | |
+|---|---|
+| θ sha256 (the perturbed tensors, as results.h5 records it) | {info['theta_sha256']} |
+| generated train tokens spent | {info['train_tokens']:,} |
+| test accuracy | {info['test_accuracy']:.4f} |
+"""
     test = "not answered (the candidate was in no voted group)" if info["test_accuracy"] is None \
         else f"{info['test_accuracy']:.4f}"
     tasks = "+".join(t.name for t in cfg.all_tasks)
@@ -140,21 +183,34 @@ task's stop strings); generation_config.json is the base model's.
 """
 
 
-def export(run_dir: str, out: str, member: int | None, rank: int | None) -> dict:
-    if (member is None) == (rank is None):
-        raise Refused("give exactly one of --member I and --rank R")
+def export(run_dir: str, out: str, member: int | None, rank: int | None, final: bool = False) -> dict:
+    if (member is not None) + (rank is not None) + final != 1:
+        raise Refused("give exactly one of --member I, --rank R and --final")
+    check_out(out)
+    cfg, info, base = read_run(run_dir, member, rank, final)
+    backend = base_backend(cfg, base)
+    if final:
+        load_final(backend, run_dir, cfg, info)
+    publish(out, lambda tmp: write(backend, cfg, info, run_dir, tmp))
+    return info
+
+
+def check_out(out: str) -> None:
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise Refused(f"--out {out}: exists and is not an empty folder")
-    cfg, info, base = read_run(run_dir, member, rank)
-    backend = base_backend(cfg, base)
+
+
+def publish(out: str, fill) -> None:
+    """fill(tmp) writes the folder under a temporary name beside `out`, which is then renamed to `out` (absent
+    or empty: checked by the caller): a folder is whole or absent."""
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-", dir=parent)
     try:
-        write(backend, cfg, info, run_dir, tmp)
+        fill(tmp)
         mask = os.umask(0)
         os.umask(mask)
-        for name in os.listdir(tmp):   # mkdtemp's folder is private: the export gets the usual modes
+        for name in os.listdir(tmp):   # mkdtemp's folder is private: the output gets the usual modes
             os.chmod(os.path.join(tmp, name), 0o666 & ~mask)
         os.chmod(tmp, 0o777 & ~mask)
         if os.path.isdir(out):
@@ -163,13 +219,33 @@ def export(run_dir: str, out: str, member: int | None, rank: int | None) -> dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return info
+
+
+def copy_base_files(src: str, dst: str) -> None:
+    """The base folder's tokenizer files, generation_config.json and the like: everything but its weights, its
+    config.json (save_pretrained writes it) and its card."""
+    for name in sorted(os.listdir(src)):
+        full = os.path.join(src, name)
+        if os.path.isfile(full) and not name.startswith(".") and name not in NOT_COPIED \
+                and not name.endswith(WEIGHTS):
+            shutil.copy2(full, os.path.join(dst, name))
+
+
+def load_final(backend, run_dir: str, cfg, info: dict) -> None:
+    """The backend's θ0 <- the ES run's θ_T checkpoint, checked against the hash its results recorded."""
+    from randopt_hpc.es_run import load_checkpoint
+
+    found = load_checkpoint(run_dir, cfg.es.iterations, list(backend.names), info["fingerprint"])
+    if found is None or found[0] != cfg.es.iterations or found[2][-1] != info["theta_sha256"]:
+        raise Refused(f"{run_dir}: no readable checkpoint of θ_{cfg.es.iterations} with the hash results.h5 records")
+    backend.load_base(found[1])
 
 
 def write(backend, cfg, info: dict, run_dir: str, tmp: str) -> None:
     import torch
 
-    backend.perturb(info["seed"], info["sigma"])
+    if "seed" in info:   # a RandOpt candidate; an ES run's θ_T is the backend's base already
+        backend.perturb(info["seed"], info["sigma"])
     model = backend.model
     with torch.no_grad():
         for p in model.parameters():   # the perturbed tensors are views of one flat buffer: one storage each
@@ -178,12 +254,7 @@ def write(backend, cfg, info: dict, run_dir: str, tmp: str) -> None:
     gen = os.path.join(tmp, "generation_config.json")
     if os.path.exists(gen):
         os.remove(gen)   # the backend's greedy settings: the base folder's file (if any) is copied instead
-    src = cfg.model.path
-    for name in sorted(os.listdir(src)):
-        full = os.path.join(src, name)
-        if os.path.isfile(full) and not name.startswith(".") and name not in NOT_COPIED \
-                and not name.endswith(WEIGHTS):
-            shutil.copy2(full, os.path.join(tmp, name))
+    copy_base_files(cfg.model.path, tmp)
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
         f.write(card(cfg, info, run_dir))
 
@@ -192,12 +263,17 @@ def write(backend, cfg, info: dict, run_dir: str, tmp: str) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--member", type=int, help="the candidate's index, 0..N-1")
 @click.option("--rank", type=int, help="the candidate at this position of the run's ranking, 1 = best")
+@click.option("--final", is_flag=True, help="an ES run (algorithm: es): its final θ")
 @click.option("--out", required=True, type=click.Path(), help="the folder to write (absent or empty)")
-def main(run_dir: str, member: int | None, rank: int | None, out: str) -> None:
+def main(run_dir: str, member: int | None, rank: int | None, final: bool, out: str) -> None:
     try:
-        info = export(run_dir, out, member, rank)
+        info = export(run_dir, out, member, rank, final)
     except Refused as e:
         sys.exit(fail(NAME, str(e)))
+    if final:
+        click.echo(f"{out}: θ_{info['iteration']} (sha256 {info['theta_sha256'][:16]}, test accuracy "
+                   f"{info['test_accuracy']:.4f})")
+        return
     click.echo(f"{out}: candidate {info['index']} (rank {info['position']}/{info['population']}, seed {info['seed']}, "
                f"sigma {info['sigma']!r}, train score {info['train_score']:.4f})")
 

@@ -25,6 +25,7 @@ from randopt_hpc.fingerprint import settings
 from randopt_hpc.lock import LockError
 from randopt_hpc.progress import Progress, Timer
 from randopt_hpc.records import assemble, spread
+from randopt_hpc.rounds import run_rounds
 from randopt_hpc.runfolder import FINISHED, FRESH, RunFolder
 from randopt_hpc.sampling import Sampling
 from randopt_hpc.tasks.multi import Objective
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"randopt_hpc: error: {refused}", file=sys.stderr)
         return 2
     try:
-        algorithm = run if cfg.algorithm == "randopt" else run_es
+        algorithm = run_rounds if cfg.rounds > 1 else run if cfg.algorithm == "randopt" else run_es
         algorithm(cfg, comm, env, log, train, test, stop, on_candidate=env.fault.hook if env.fault else None)
     except Preempted as e:
         log.warning("%s; shard flushed. Rerun the same command (or requeue) to resume.", e)

@@ -25,7 +25,7 @@ def summarize(out_dir: str, now: float | None = None) -> dict:
     if not folder.started:
         raise FileNotFoundError(f"{out_dir}: no {RUN_YAML}; not a randopt_hpc run folder")
     cfg = folder.config()
-    n = cfg.population.size
+    n = cfg.population.size * (cfg.es.iterations if cfg.algorithm == "es" else 1)   # ES: candidates of every iteration
     now = time.time() if now is None else now
     done: set[int] = set()
     shards = []

@@ -23,12 +23,12 @@ def _fail(e: Exception):
     raise click.ClickException(str(e))
 
 
-def _each(paths, build, *args, **kw) -> list[dict]:
+def _each(paths, build, *args, algorithms=("randopt",), **kw) -> list[dict]:
     """build(f, path, *args, **kw) for every file; any unreadable file ends the command with one error line."""
     out = []
     for path in paths:
         try:
-            with runfile.open_results(path) as f:
+            with runfile.open_results(path, algorithms) as f:
                 out.append(build(f, path, *args, **kw))
         except (ResultsError, ValueError, OSError) as e:
             _fail(e)
@@ -122,13 +122,8 @@ def _listed(convert, what: str, low=None, choices=()):
 @click.option("--steps", default=11, show_default=True, help="Points of the default grid of --on score.")
 @json_option
 def density(files, margins, on, split, steps, as_json):
-    """Solution density δ(m) = share of candidates with accuracy ≥ base accuracy + m, per σ, with 95% Wilson intervals.
-
-    Accuracies of base and candidates are counts of right answers on the same examples (stored
-    correctness), so a candidate equal to the base counts as ≥ base. Train split: every candidate.
-    Test split: only the control members (every candidate in a scan run). --on score: the old pooled
-    δ on the train score (train split only).
-    """
+    """Solution density δ(m) = share of candidates with accuracy ≥ base accuracy + m, per σ, with 95% Wilson
+    intervals (docs/analysis.md, "density")."""
     _emit(_each(files, reports.density, margins, steps, on, split), as_json, render.density)
 
 
@@ -139,12 +134,8 @@ def density(files, margins, on, split, steps, as_json):
 @json_option
 def thicket(files, as_json):
     """The thicket on the test set, per σ: share of candidates at least as accurate as the base, best − base, and
-    how well the train score predicts test accuracy (Pearson r with a 95% Fisher interval, Spearman ρ).
-
-    Candidates with test answers: every candidate in a scan run (selection.control_size = population.size),
-    otherwise only the random control's members (an unbiased sample, but a small one). Test accuracies are
-    counts of right answers on the base's test items, so a tie with the base counts as ≥ base.
-    """
+    how well the train score predicts test accuracy (Pearson r with a 95% Fisher interval, Spearman ρ;
+    docs/analysis.md, "thicket")."""
     _emit(_each(files, reports.thicket), as_json, render.thicket)
 
 
@@ -157,13 +148,8 @@ def thicket(files, as_json):
                    "blocks and report their mean rank correlation and the full score's reliability.")
 @json_option
 def discordance(files, splits, as_json):
-    """Spectral discordance D = 1 − mean off-diagonal Pearson correlation of the candidates' percentile ranks.
-
-    Columns are tasks, each candidate's train accuracy on it: one results file of a run on several
-    tasks (data/train_task), or several files of the same population (same seeds and σ), one task each.
-    D for all candidates and per σ, with a noise-corrected D that divides each correlation by the
-    columns' split-half reliabilities. D ≤ M/(M−1). --splits M: one task's blocks (noise, not tasks).
-    """
+    """Spectral discordance D = 1 − mean off-diagonal Pearson correlation of the candidates' percentile ranks
+    (docs/analysis.md, "discordance")."""
     try:
         with ExitStack() as stack:
             opened = [(p, stack.enter_context(runfile.open_results(p))) for p in files]
@@ -179,12 +165,8 @@ def discordance(files, splits, as_json):
 @files_arg
 @json_option
 def passk(files, as_json):
-    """The limit-of-RLVR table: base pass@k and TT-MV@k against each ensemble's coverage and vote, for every k.
-
-    pass@k = 1 − C(n−c, k)/C(n, k) per test item over the base model's n samples (generation.samples), averaged;
-    TT-MV@k = majority vote of k samples (mean over the disjoint blocks of k); for each ensemble (selected,
-    control, σ-matched control) the coverage (any of the first k members right) and the vote of the first k.
-    """
+    """The limit-of-RLVR table: base pass@k and TT-MV@k against each ensemble's coverage and vote, for every k
+    (docs/analysis.md, "passk")."""
     _emit(_each(files, reports.passk), as_json, render.passk)
 
 
@@ -264,17 +246,8 @@ def _merge_row(f, path):
 @json_option
 def merge(files, as_csv, over_seeds, as_json):
     """One table of several runs (e.g. a sweep: runs/sweep/*/results.h5): the config keys that differ, N, accuracies;
-    then the runs grouped over population seeds: mean, spread and a 95% interval over seeds.
-
-    Per run: config keys present in every file whose values differ (output.dir and output.overwrite are
-    ignored). Test accuracies: base, best single, top-K vote for each K, control-K vote.
-
-    Over seeds: a group is the runs whose configs are equal except population.seed (and fields that change
-    no result: output.*, progress, staging). For each group and each test accuracy (base, best single,
-    top-K, random control-K, σ-matched control-K, top-K − each control): n, mean, sample std, min, max and
-    the 95% t-interval mean ± t(0.975, n−1)·s/√n (none for n = 1). Shown after the runs when some group
-    has two or more runs; --over-seeds shows it alone.
-    """
+    then the runs grouped over population seeds (configs equal but for population.seed and fields that change no
+    result): per test accuracy n, mean, std, min, max and the 95% t-interval (docs/analysis.md, "merge")."""
     both = _each(files, _merge_row)
     data = reports.merge([row for row, _ in both])
     groups = sweep.group([rec for _, rec in both])
@@ -316,6 +289,29 @@ def compare(a, b, as_json):
     _emit(data, as_json, render.compare)
     if data["differing"] or data["only_in_one"]:
         raise click.exceptions.Exit(1)
+
+
+# ----------------------------------------------------------------------------------------------- es
+
+@cli.command("es")
+@files_arg
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="The RandOpt vote's K.")
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="A RandOpt run matches an ES point when their train tokens differ by at most this share.")
+@click.option("--out", "out_dir", metavar="DIR", help="Also write es-vs-randopt.png into DIR (created).")
+@click.option("--dpi", default=100, show_default=True)
+@json_option
+def es_command(files, k, tolerance, out_dir, dpi, as_json):
+    """RandOpt against ES at equal generated train tokens: RandOpt runs of growing N (their top-K vote) and ES runs
+    (θ_t after each iteration), paired by population.seed; a table per seed and the means (docs/es.md)."""
+    from tools import escompare as C
+
+    try:
+        data = C.compare(_each(files, C.read, k, algorithms=("randopt", "es")), k, tolerance)
+        data["plots"] = C.plot(data, out_dir, dpi) if out_dir else []
+    except (ResultsError, OSError) as e:
+        _fail(e)
+    _emit(data, as_json, C.render)
 
 
 # --------------------------------------------------------------------------------------------- plot

@@ -28,8 +28,15 @@ class ResultsError(Exception):
     """A file the tools cannot read: missing, not HDF5, not a results file, or an unknown schema."""
 
 
+# What every command may read of an ES run's file (algorithm: es; randopt_hpc.es_results).
+ES_REQUIRED = ("population/seed", "population/train_gen_tokens", "es/train_tokens", "es/eval_iteration",
+               "es/test_accuracy", "es/theta_sha256")
+
+
 @contextmanager
-def open_results(path: str) -> Iterator[Any]:
+def open_results(path: str, algorithms: tuple[str, ...] = ("randopt",)) -> Iterator[Any]:
+    """The open file, checked: schema, the algorithm the command reads (ES runs: only `analyze es`), and the
+    datasets every command may read."""
     import h5py
 
     if not os.path.exists(path):
@@ -49,7 +56,12 @@ def open_results(path: str) -> Iterator[Any]:
             results.check_schema(f, path)
         except ValueError as e:
             raise ResultsError(str(e)) from None
-        missing = [name for name in REQUIRED if name not in f]
+        algorithm = str(f.attrs.get("algorithm", "randopt"))
+        if algorithm not in algorithms:
+            raise ResultsError(f"{path}: a run of algorithm {algorithm}; " + (
+                "`python -m tools.analyze es` compares it with RandOpt runs" if algorithm == "es" else
+                f"this command reads {', '.join(algorithms)} runs"))
+        missing = [name for name in (ES_REQUIRED if algorithm == "es" else REQUIRED) if name not in f]
         if missing:
             raise ResultsError(f"{path}: incomplete results file, missing {', '.join(missing[:3])}"
                                + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))

@@ -371,7 +371,7 @@ def test_unreadable_files_exit_2_with_one_line(tmp_path, kind):
 
 def test_usage_errors_are_one_line():
     code, _, err = run("frobnicate", "x")
-    assert code == 2 and err.count("\n") == 1 and "commands: compare, density, discordance, halving, kcurve" in err
+    assert code == 2 and err.count("\n") == 1 and "commands: compare, density, discordance, es, halving, kcurve" in err
     code, _, err = run("density", "--margins", "a,b", "x")
     assert code == 2 and err.count("\n") == 1 and "--margins" in err
 

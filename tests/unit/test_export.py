@@ -120,7 +120,7 @@ def test_refusals(finished, capsys, tmp_path):
     shutil.copy(run_dir / "run.yaml", unfinished / "run.yaml")
     refused(capsys, tmp, tmp_path / "nothing", "--member", 0, "--out", out, match="not a randopt_hpc run folder")
     refused(capsys, tmp, unfinished, "--member", 0, "--out", out, match="not finished (results.h5 missing)")
-    refused(capsys, tmp, run_dir, "--out", out, match="exactly one of --member I and --rank R")
+    refused(capsys, tmp, run_dir, "--out", out, match="exactly one of --member I, --rank R and --final")
     refused(capsys, tmp, run_dir, "--member", 0, "--rank", 1, "--out", out, match="exactly one of")
     refused(capsys, tmp, run_dir, "--member", 4, "--out", out, match="--member 4: outside 0..3")
     refused(capsys, tmp, run_dir, "--rank", 0, "--out", out, match="--rank 0: outside 1..4")
