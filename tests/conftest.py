@@ -1,4 +1,6 @@
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +126,35 @@ def assert_same_results(a, b, shapes_only: tuple[str, ...] = ()) -> None:
             assert np.shape(ra[k]) == np.shape(rb[k]), f"{k} has another shape in {a} than in {b}"
     differ = [k for k in results.differences(ra, rb) if not k.startswith(shapes_only)]
     assert not differ, f"{differ} differ between {a} and {b}"
+
+
+def assert_refused(main, name: str, capsys, folder, *argv, match: str) -> None:
+    """A click command (randopt_hpc.cli.Command) refusing its arguments: exit 2, nothing on stdout, one line
+    `NAME: error: ...` that says `match`, and nothing written into `folder` (no temporary left either)."""
+    before = set(os.listdir(folder))
+    with pytest.raises(SystemExit) as e:
+        main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    code = e.value.code or 0
+    assert code == 2 and not out, (code, out, err)
+    assert err.count("\n") == 1 and err.startswith(f"{name}: error: ") and match in err, err
+    assert set(os.listdir(folder)) == before
+
+
+@contextlib.contextmanager
+def other_weights(model: Path, scratch: Path):
+    """Meanwhile the model folder holds another model: the same layout, other weights (put back after)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = model / "model.safetensors"
+    kept = scratch / "kept.safetensors"
+    shutil.copy(weights, kept)
+    try:
+        gen = torch.Generator().manual_seed(1)
+        save_file({k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in load_file(weights).items()},
+                  weights, metadata={"format": "pt"})
+        yield
+    finally:
+        shutil.copy(kept, weights)
+

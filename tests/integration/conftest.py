@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-VLLM_TESTS = ["test_archs_runs.py", "test_archs_vllm.py", "test_paper_configs.py", "test_tp_vllm.py",
-              "test_tp_vllm_archs.py", "test_tp_vllm_models.py", "test_vllm.py", "test_vllm_memory.py"]
+VLLM_TESTS = ["test_archs_runs.py", "test_archs_vllm.py", "test_export_vllm.py", "test_paper_configs.py",
+              "test_tp_vllm.py", "test_tp_vllm_archs.py", "test_tp_vllm_models.py", "test_vllm.py",
+              "test_vllm_memory.py"]
 
 if os.environ.get("CI") == "true" or importlib.util.find_spec("vllm") is not None:
     collect_ignore = []
@@ -34,3 +35,43 @@ def hf_classes_as_they_were():
 
     with vllm_patches_undone():
         yield
+
+
+def rank_pid(cfg_path: str, rank: int) -> int | None:
+    """The pid of the python process of MPI rank `rank` running this config (from /proc)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            if b"randopt_hpc.run" not in cmd or cfg_path.encode() not in cmd or b"mpiexec" in cmd[0]:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            if env.get(b"PMI_RANK") == str(rank).encode():
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def kill_rank_when(cfg, rank: int, ready, timeout: float = 240):
+    """Start a 2-rank run of `cfg`, SIGKILL its MPI rank `rank` as soon as ready() holds, wait for the job's end;
+    the finished Popen (the kill is asserted to have happened)."""
+    import signal
+    import time
+
+    from tests.conftest import launch
+
+    proc = launch(cfg, 2, popen=True)
+    killed, deadline = False, time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            pid = rank_pid(str(cfg), rank)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.02)
+    proc.communicate(timeout=120)
+    assert killed, "the run ended before a rank could be killed"
+    return proc

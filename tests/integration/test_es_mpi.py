@@ -2,8 +2,6 @@
 is killed mid-iteration or the results and checkpoints are damaged."""
 import os
 import re
-import signal
-import time
 
 import h5py
 import pytest
@@ -13,6 +11,7 @@ from safetensors.torch import load_file
 from randopt_hpc.es_run import checkpoint_path
 from randopt_hpc.runfolder import RunFolder
 from tests.conftest import assert_same_results, launch, write_config
+from tests.integration.conftest import kill_rank_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,18 +61,8 @@ def test_theta_is_bitwise_the_same_on_1_and_2_ranks(es_runs):
 def test_kill_one_rank_mid_iteration_then_rerun_gives_the_same_theta(es_runs, tiny_model, tmp_path):
     out = tmp_path / "killed"
     cfg = es_config(tmp_path / "killed.yaml", tiny_model, out)
-    proc = launch(cfg, 2, popen=True)
-    killed, deadline = False, time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if RunFolder(str(out)).count_done() >= N + 2:     # inside the second iteration
-            pid = _rank_pid(str(cfg), 1)
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-                killed = True
-                break
-        time.sleep(0.02)
-    proc.communicate(timeout=120)
-    assert killed and proc.returncode != 0 and not (out / "results.h5").exists()
+    proc = kill_rank_when(cfg, 1, lambda: RunFolder(str(out)).count_done() >= N + 2)   # inside the second iteration
+    assert proc.returncode != 0 and not (out / "results.h5").exists()
     done = RunFolder(str(out)).count_done()
     assert N + 2 <= done < T * N
     again = launch(cfg, 2)
@@ -108,39 +97,3 @@ def test_a_rebuilt_run_starts_from_its_checkpoint_or_replays_without_one(es_runs
     assert "from θ_0 (the model)" in p.stderr and "skipped" in p.stderr
     assert thetas(out) == thetas(es_runs["np2"])
     assert_same_results(es_runs["np2"] / "results.h5", out / "results.h5")
-
-
-def _rank_pid(cfg_path: str, rank: int) -> int | None:
-    from tests.integration.test_mpi_run import _rank_pid as find
-
-    return find(cfg_path, rank)
-
-
-def test_the_final_theta_exports_as_a_model_that_answers_as_theta_T_did(es_runs, tmp_path):
-    """export --final: θ_T as a Hugging Face folder; loaded on its own it answers the test split with θ_T's keys."""
-    import subprocess
-    import sys
-
-    from randopt_hpc.backends.hf import HFBackend
-    from randopt_hpc.config import load_config
-    from randopt_hpc.data import load_examples, make_task
-    from randopt_hpc.evaluate import Evaluator
-
-    out = tmp_path / "final"
-    p = subprocess.run([sys.executable, "-m", "randopt_hpc.export", str(es_runs["np2"]), "--final", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith(f"{out}: θ_{T} (sha256 {thetas(es_runs['np2'])[-1][:16]}")
-    cfg = load_config(str(es_runs["np2"] / "run.yaml"))
-    test = load_examples(cfg)[1]
-    backend = HFBackend(str(out), cfg.model.dtype, max_new_tokens=cfg.generation.max_new_tokens,
-                        batch_size=cfg.generation.batch_size)
-    backend.set_chat(cfg.model.chat, str(out))
-    got = Evaluator(backend, make_task(cfg)).answers(test)
-    with h5py.File(es_runs["np2"] / "results.h5") as f:
-        want = [x.decode() for x in f["es/test_key"][-1]]
-    assert [k or "" for k in got.keys] == want
-    for argv, match in ((["--rank", "1"], "--final"), (["--final", "--member", "0"], "exactly one")):
-        p = subprocess.run([sys.executable, "-m", "randopt_hpc.export", str(es_runs["np2"]), *argv, "--out",
-                            str(tmp_path / "no")], capture_output=True, text=True, timeout=300)
-        assert p.returncode == 2 and p.stderr.count("\n") == 1 and match in p.stderr and not (tmp_path / "no").exists()

@@ -1,16 +1,13 @@
 """selection.schedule: halving under real mpiexec on the tiny model: 1, 2 and 3 ranks (strided, and dynamic on 3)
 write equal results, and a rank killed in the middle of a rung leaves a folder whose rerun equals the
 uninterrupted run, with no (candidate, example) answered twice."""
-import os
-import signal
-import time
 
 import h5py
 import pytest
 
 from randopt_hpc.runfolder import RunFolder
 from tests.conftest import assert_same_results, launch, write_config
-from tests.integration.test_mpi_run import _rank_pid
+from tests.integration.conftest import kill_rank_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,19 +47,8 @@ def _parts(out) -> list:
 def test_a_rank_killed_mid_rung_then_rerun_equals_the_uninterrupted_run(runs, tiny_model, tmp_path):
     cfg = _config(tmp_path, tiny_model, "killed")
     out = tmp_path / "killed"
-    proc = launch(cfg, 2, popen=True)
-    killed, deadline = False, time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        # Each candidate's first part is its first rung's: a 13th part is the second rung's.
-        if (out / "shards").exists() and len(_parts(out)) > 12:
-            pid = _rank_pid(str(cfg), 1)
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-                killed = True
-                break
-        time.sleep(0.02)
-    proc.communicate(timeout=120)
-    assert killed, "the run ended before a rank could be killed"
+    # Each candidate's first part is its first rung's: a 13th part is the second rung's.
+    proc = kill_rank_when(cfg, 1, lambda: (out / "shards").exists() and len(_parts(out)) > 12)
     assert proc.returncode != 0 and not (out / "results.h5").exists()
     before = len(_parts(out))
     assert 12 < before < 12 + 6 + 3    # the first rung done, the run stopped before its end

@@ -10,6 +10,7 @@ import pytest
 
 from randopt_hpc.runfolder import RunFolder
 from tests.conftest import assert_same_results, launch, write_config
+from tests.integration.conftest import rank_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -111,7 +112,7 @@ def _signal_mid_run(cfg, out, ranks, sig):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if RunFolder(str(out)).count_done() >= 3:
-            pids = [p for p in (_rank_pid(str(cfg), r) for r in ranks) if p]
+            pids = [p for p in (rank_pid(str(cfg), r) for r in ranks) if p]
             if len(pids) == len(ranks):
                 t0 = time.time()
                 for pid in pids:
@@ -228,20 +229,3 @@ def test_fault_in_a_plain_process_exits_nonzero(tiny_model, tmp_path):
     cfg = write_config(tmp_path / "fault1.yaml", tiny_model, tmp_path / "fault1")
     p = launch(cfg, None, env={"RANDOPT_FAULT": "rank:0:candidate:2"}, timeout=120)
     assert p.returncode != 0 and "injected failure at candidate 2" in p.stderr
-
-
-def _rank_pid(cfg_path: str, rank: int) -> int | None:
-    """The pid of the python process of MPI rank `rank` running this config (from /proc)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-            if b"randopt_hpc.run" not in cmd or cfg_path.encode() not in cmd or b"mpiexec" in cmd[0]:
-                continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-            if env.get(b"PMI_RANK") == str(rank).encode():
-                return int(pid)
-        except OSError:
-            continue
-    return None

@@ -12,7 +12,7 @@ import pytest
 
 from randopt_hpc.runfolder import RunFolder
 from tests.conftest import assert_same_results, launch, write_config
-from tests.integration.test_mpi_run import _rank_pid
+from tests.integration.conftest import rank_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -97,7 +97,7 @@ def test_ctrl_c_stops_every_rank_at_a_boundary_with_130_and_a_rerun_resumes(npro
     cfg = write_config(tmp_path / "ctrl-c.yaml", tiny_model, out)
     proc = launch(cfg, nproc, popen=True)
     _wait_for(lambda: out.exists() and RunFolder(str(out)).count_done() >= 3)
-    pids = [_rank_pid(str(cfg), r) for r in (0, 1)] if nproc else [proc.pid]
+    pids = [rank_pid(str(cfg), r) for r in (0, 1)] if nproc else [proc.pid]
     for pid in pids:                                  # what a terminal's Ctrl-C sends to the job's processes
         os.kill(pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)

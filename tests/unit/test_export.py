@@ -16,7 +16,7 @@ from randopt_hpc.data import load_examples
 from randopt_hpc.environment import Environment
 from randopt_hpc.export import main
 from randopt_hpc.run import run
-from tests.conftest import write_config
+from tests.conftest import assert_refused, other_weights, write_config
 from tests.fakes import quiet_log
 
 
@@ -105,11 +105,7 @@ def test_rank_1_answers_the_test_set_as_the_member_did(finished, capsys):
 
 
 def refused(capsys, tmp, *argv, match: str) -> None:
-    before = set(os.listdir(tmp))
-    code, out, err = export(capsys, *argv)
-    assert code == 2 and not out, (code, out, err)
-    assert err.count("\n") == 1 and err.startswith("randopt_hpc.export: error: ") and match in err, err
-    assert set(os.listdir(tmp)) == before   # nothing written, no temporary folder left
+    assert_refused(main, "randopt_hpc.export", capsys, tmp, *argv, match=match)
 
 
 def test_refusals(finished, capsys, tmp_path):
@@ -128,16 +124,6 @@ def test_refusals(finished, capsys, tmp_path):
     (tmp / "full").mkdir()
     (tmp / "full" / "x").write_text("x")
     refused(capsys, tmp, run_dir, "--rank", 1, "--out", tmp / "full", match="exists and is not an empty folder")
-    weights = tmp / "model" / "model.safetensors"
-    shutil.copy(weights, tmp_path / "kept.safetensors")
-    try:   # the model folder now holds another model: the same layout, other weights
-        import torch
-        from safetensors.torch import load_file, save_file
-
-        gen = torch.Generator().manual_seed(1)
-        save_file({k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in load_file(weights).items()},
-                  weights, metadata={"format": "pt"})
+    with other_weights(tmp / "model", tmp_path):   # the same layout, other weights
         refused(capsys, tmp, run_dir, "--rank", 1, "--out", out,
                 match="does not answer as the run's base model did (")
-    finally:
-        shutil.copy(tmp_path / "kept.safetensors", weights)
