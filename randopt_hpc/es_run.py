@@ -17,6 +17,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 
 from randopt_hpc import es as E
 from randopt_hpc import jobs as J
@@ -46,7 +47,9 @@ def theta_hash(tensors: dict) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(run_dir: str, t: int, tensors: dict, hashes: list[str], fingerprint: str) -> None:
+def save_checkpoint(run_dir: str, t: int, tensors: dict, hashes: list[str], fingerprint: str, keep: int = 2) -> None:
+    """θ_t with its hash chain, whole or absent; then only the `keep` newest checkpoints stay (a model's size
+    each): a resume needs one no later than its first unfinished iteration, and replays from θ_0 without."""
     from safetensors.torch import save
 
     from randopt_hpc import atomic
@@ -55,13 +58,25 @@ def save_checkpoint(run_dir: str, t: int, tensors: dict, hashes: list[str], fing
     data = save({n: x.detach().contiguous() for n, x in tensors.items()},
                 metadata={"iteration": str(t), "hashes": json.dumps(hashes), "fingerprint": fingerprint})
     atomic.write_bytes(checkpoint_path(run_dir, t), data, fault_point="write:checkpoint")
+    for old in checkpoints(run_dir)[:-keep]:
+        os.remove(old)
+
+
+def checkpoints(run_dir: str) -> list[str]:
+    """The checkpoint files, oldest first (other names in the folder are not ours: left alone)."""
+    found = []
+    for path in glob.glob(os.path.join(run_dir, CHECKPOINTS, "theta-*.safetensors")):
+        m = re.fullmatch(r"theta-(\d+)\.safetensors", os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return [path for _, path in sorted(found)]
 
 
 def load_checkpoint(run_dir: str, upto: int, names: list[str], fingerprint: str, log=None):
     """(t, tensors, hashes) of the newest readable checkpoint of this config at t <= upto, or None."""
     from safetensors import safe_open
 
-    for path in sorted(glob.glob(os.path.join(run_dir, CHECKPOINTS, "theta-*.safetensors")), reverse=True):
+    for path in reversed(checkpoints(run_dir)):
         try:
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}
@@ -98,9 +113,12 @@ def run_es(cfg, comm, env, log, train, test, stop, *, backend=None, on_candidate
     fingerprint, sigma0, evals = fingerprint_hash(cfg), cfg.population.sigmas[0], eval_points(cfg.es)
     iters = [E.candidates(cfg.es, cfg.population.seed, sigma0, n, t) for t in range(T)]
     first_open = next((t for t in range(T) if any(c.index not in done.candidates for c in iters[t])), T)
+    # A checkpoint no later than the first θ with work left: a missing candidate, or a missing evaluation (a run
+    # grown with another es.eval_every asks for θ_t it did not evaluate).
+    upto = min([first_open] + [t for t in evals if done.missing("member", t, test)])
     ev.loaded()
     names = list(ev.backend.names)
-    start = load_checkpoint(cfg.output.dir, first_open, names, fingerprint, log)
+    start = load_checkpoint(cfg.output.dir, upto, names, fingerprint, log)
     # Rank 0 hashes every θ_t for the results; the others only their θ_T, which rank 0 checks against its own.
     t0, hashes = 0, [theta_hash(ev.backend.base_tensors()) if rank == 0 else ""]
     if start:
