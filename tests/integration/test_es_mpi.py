@@ -97,3 +97,33 @@ def test_a_rebuilt_run_starts_from_its_checkpoint_or_replays_without_one(es_runs
     assert "from θ_0 (the model)" in p.stderr and "skipped" in p.stderr
     assert thetas(out) == thetas(es_runs["np2"])
     assert_same_results(es_runs["np2"] / "results.h5", out / "results.h5")
+
+
+def test_the_final_theta_exports_as_a_model_that_answers_as_theta_T_did(es_runs, tmp_path):
+    """export --final: θ_T as a Hugging Face folder; loaded on its own it answers the test split with θ_T's keys."""
+    import subprocess
+    import sys
+
+    from randopt_hpc.backends.hf import HFBackend
+    from randopt_hpc.config import load_config
+    from randopt_hpc.data import load_examples, make_task
+    from randopt_hpc.evaluate import Evaluator
+
+    out = tmp_path / "final"
+    p = subprocess.run([sys.executable, "-m", "randopt_hpc.export", str(es_runs["np2"]), "--final", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"{out}: θ_{T} (sha256 {thetas(es_runs['np2'])[-1][:16]}")
+    cfg = load_config(str(es_runs["np2"] / "run.yaml"))
+    test = load_examples(cfg)[1]
+    backend = HFBackend(str(out), cfg.model.dtype, max_new_tokens=cfg.generation.max_new_tokens,
+                        batch_size=cfg.generation.batch_size)
+    backend.set_chat(cfg.model.chat, str(out))
+    got = Evaluator(backend, make_task(cfg)).answers(test)
+    with h5py.File(es_runs["np2"] / "results.h5") as f:
+        want = [x.decode() for x in f["es/test_key"][-1]]
+    assert [k or "" for k in got.keys] == want
+    for argv, match in ((["--rank", "1"], "--final"), (["--final", "--member", "0"], "exactly one")):
+        p = subprocess.run([sys.executable, "-m", "randopt_hpc.export", str(es_runs["np2"]), *argv, "--out",
+                            str(tmp_path / "no")], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and match in p.stderr and not (tmp_path / "no").exists()
