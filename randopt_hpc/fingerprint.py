@@ -46,8 +46,9 @@ def result_fingerprint(cfg: Config) -> dict:
     """The flattened fields that define results (GROWABLE ones included)."""
     flat = {k: v for k, v in _flat(cfg).items()
             if k not in SETTINGS and k not in NON_RESULT_FIELDS and k.split(".")[0] not in NON_RESULT_FIELDS}
-    # The other algorithm's fields mean nothing to a run (and a RandOpt run's hash stays what it was before ES).
-    if cfg.rounds == 1:   # one search: how a distillation would go means nothing to it
+    # Fields that mean nothing to this run are left out, so a one-search RandOpt run's hash stays what it was
+    # before ES and rounds existed: how a distillation would go, and the other algorithm's section.
+    if cfg.rounds == 1:
         flat = {k: v for k, v in flat.items() if k != "rounds" and not k.startswith("distill.")}
     if cfg.algorithm == "randopt":
         return {k: v for k, v in flat.items() if k != "algorithm" and not k.startswith("es.")}
