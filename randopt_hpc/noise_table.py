@@ -159,7 +159,7 @@ class FlatParams:
         k, sigma32 = _round_keys(seed), np.float32(sigma)
         _, table_kernel, bm_kernel = _kernels()
         if version == "window":
-            from randopt_hpc import noise_kernels, noise_window
+            from randopt_hpc import noise_kernels  # numba: only here
 
             table_kernel, table = noise_kernels.window_flat, noise_window.table().numpy()
         else:
