@@ -19,7 +19,17 @@ from dataclasses import dataclass
 import click
 
 from randopt_hpc.cli import Command, fail
-from randopt_hpc.export import Refused, base_backend, check_out, copy_base_files, finished, publish, read_run, strs
+from randopt_hpc.export import (
+    Refused,
+    base_backend,
+    check_out,
+    copy_base_files,
+    finished,
+    on_this_machine,
+    publish,
+    stored_base,
+    strs,
+)
 from randopt_hpc.rounds import LORA, TRACES, DistillConfig
 
 NAME = "randopt_hpc.distill"
@@ -76,8 +86,8 @@ def read_members(run_dir: str, k: int | None):
     if cfg.algorithm == "es":
         raise Refused(f"{run_dir}: an ES run (algorithm: es) has no top-K ensemble to distil; export its final "
                       "θ with python -m randopt_hpc.export --final")
-    base = read_run(run_dir, None, 1)[2]   # the base model's stored train answers, for export's check
     with h5py.File(folder.results, "r") as f:
+        base = stored_base(f)   # the base model's stored train answers, for export's check
         ranking = [int(x) for x in f["selection/ranking"][()]]
         n = len(ranking)
         k = max(cfg.selection.top_k) if k is None else k
@@ -298,23 +308,14 @@ the traces and every setting are in distill.json and traces.jsonl beside this ca
 def test_accuracy(cfg, folder: str, chat: bool) -> float:
     """Greedy exact accuracy of the model in `folder` on the run's test split, answered by the hf backend with
     the run's generation settings and scored by the task."""
-    import dataclasses
-
     from randopt_hpc.backends.hf import HFBackend
     from randopt_hpc.data import load_examples, make_task
-    from randopt_hpc.tasks.base import score_all
+    from randopt_hpc.evaluate import Evaluator
 
-    test = load_examples(cfg)[1]
-    device = cfg.runtime.device
-    if device != "cpu":
-        import torch
-
-        device = device if torch.cuda.is_available() else "cpu"
-    backend = HFBackend.from_config(dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=device)),
-                                    folder)
+    cfg = on_this_machine(cfg)
+    backend = HFBackend.from_config(cfg, folder)
     backend.set_chat(chat, folder)   # what the run's backend decided, whatever --out is named
-    scored = score_all(make_task(cfg), [c.text for c in backend.complete(test)], test)
-    return sum(s.correct for s in scored) / len(scored) if scored else float("nan")
+    return Evaluator(backend, make_task(cfg)).answers(load_examples(cfg)[1]).accuracy
 
 
 @click.command(cls=Command, error_name=NAME, help=__doc__.splitlines()[0])

@@ -85,9 +85,13 @@ def read_run(run_dir: str, member: int | None, rank: int | None, final: bool = F
             if index in members:
                 info["test_accuracy"] = float(group["test_correct"][members.index(index)].mean())
                 break
-        base = {"ids": strs(f["data/train_ids"]), "keys": strs(f["base/train_key"]),
-                "texts": strs(f["base/train_text"])}
+        base = stored_base(f)
     return cfg, info, base
+
+
+def stored_base(f) -> dict:
+    """The base model's stored train answers in an open RandOpt results file: what base_backend checks by."""
+    return {"ids": strs(f["data/train_ids"]), "keys": strs(f["base/train_key"]), "texts": strs(f["base/train_text"])}
 
 
 def read_es(path: str, cfg) -> tuple[dict, dict]:
@@ -104,6 +108,17 @@ def read_es(path: str, cfg) -> tuple[dict, dict]:
     return info, base
 
 
+def on_this_machine(cfg):
+    """cfg with runtime.device cpu where this machine has no GPU (a GPU run read on a login node: the same
+    noise on the CPU)."""
+    if cfg.runtime.device == "cpu":
+        return cfg
+    import torch
+
+    return cfg if torch.cuda.is_available() else dataclasses.replace(
+        cfg, runtime=dataclasses.replace(cfg.runtime, device="cpu"))
+
+
 def base_backend(cfg, base: dict):
     """The hf backend on the run's model.path, the unperturbed model checked against the run's base answers."""
     from randopt_hpc.backends.hf import HFBackend
@@ -117,13 +132,7 @@ def base_backend(cfg, base: dict):
         raise Refused("backend mlp: the toy MLP is not a Hugging Face model; nothing to export")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise Refused(f"model.path: {path} is not a Hugging Face model folder (no config.json)")
-    runtime = cfg.runtime
-    if runtime.device != "cpu":
-        import torch
-
-        if not torch.cuda.is_available():   # a GPU run exported on a login node: the same noise on the CPU
-            runtime = dataclasses.replace(runtime, device="cpu")
-    cfg = dataclasses.replace(cfg, runtime=runtime)
+    cfg = on_this_machine(cfg)
     split = base.get("split", "train")   # the stored answers it is checked by: train (texts too), or ES's θ_0 test keys
     try:
         examples = load_examples(cfg)[split == "test"][:min(cfg.generation.batch_size, CHECKED)]
