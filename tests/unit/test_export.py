@@ -127,3 +127,15 @@ def test_refusals(finished, capsys, tmp_path):
     with other_weights(tmp / "model", tmp_path):   # the same layout, other weights
         refused(capsys, tmp, run_dir, "--rank", 1, "--out", out,
                 match="does not answer as the run's base model did (")
+
+
+def test_check_export_reproduces_every_stored_key(finished):
+    """tools.check_export: the exported best member, loaded on its own by the hf backend, reproduces every key."""
+    import subprocess
+    import sys
+
+    tmp, _, test = finished
+    p = subprocess.run([sys.executable, "-m", "tools.check_export", str(tmp / "run"), "--backend", "hf"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith(f"{len(test)}/{len(test)} test keys equal the run's stored keys"), p.stdout
