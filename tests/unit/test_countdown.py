@@ -7,7 +7,6 @@ import json
 import os
 import random
 import re
-import time
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from randopt_hpc.tasks import TASKS, get_task, task_class
 from randopt_hpc.tasks import countdown as cd
 from randopt_hpc.tasks.base import Example, Scored, has_tag_pair, last_tag_content, split_first_last
+from tests.conftest import fastest
 
 DATA = Path(__file__).resolve().parents[3] / "shared/data/countdown.json"
 REAL_ROWS = 2200
@@ -150,17 +150,6 @@ def test_the_issue_example_scores_as_in_the_reference():
     assert s.key == "98"   # the vote strips: this answer still votes, and its vote is right
 
 
-def fastest(fn, *args, repeat=3):
-    """(result, the least seconds of `repeat` calls): a bound on the work, not on the machine's load."""
-    best = float("inf")
-    for _ in range(repeat):
-        cd.python_value.cache_clear()   # each call pays for its parse
-        t0 = time.perf_counter()
-        out = fn(*args)
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
 HOSTILE = ["9**9**9**9", "(9**9)**(9**9)", "9 ** 9 ** 9 * 9", "-" * 490 + "9 + 9 + 9 + 9", "-" * 5000 + "9",
            "(" * 150 + "9+9+9+9" + ")" * 150, "(" * 100_000, " " * 20_000 + "9 + 9 + 9 + 9", "9" * 5000 + " + 9",
            "9" * 100_000, "1/0", "(9-9)/(9-9)", "9e999", "__import__('os').system('true')", "9 " * 50_000,
@@ -172,7 +161,7 @@ HOSTILE = ["9**9**9**9", "(9**9)**(9**9)", "9 ** 9 ** 9 * 9", "-" * 490 + "9 + 9
 def test_hostile_answers_score_nothing_within_10_ms(i):
     ex = _example([9, 9, 9, 9], 1)
     completion = f"x</think>\n<answer>{HOSTILE[i]}</answer>"
-    s, seconds = fastest(cd.score, completion, ex)
+    s, seconds = fastest(cd.score, completion, ex, before=cd.python_value.cache_clear)
     assert isinstance(s, Scored) and not s.correct
     assert seconds < 0.010, f"{seconds * 1000:.1f} ms"
 
@@ -273,9 +262,8 @@ def test_score_is_linear_on_pathological_completions():
     for completion in ("<think>" * 30_000, "<answer>" * 30_000, "</think>\n<answer>" * 20_000 + "x",
                        "x</think>\n<answer>" + "(" * 200_000 + "</answer>", "\n" * 300_000,
                        "<answer>" + " " * 1_000_000 + "</answer>", "<answer>" + "1+" * 300_000 + "1</answer>"):
-        t0 = time.perf_counter()
-        s = cd.score(completion, EX)
-        assert time.perf_counter() - t0 < 0.5
+        s, seconds = fastest(cd.score, completion, EX)
+        assert seconds < 0.5, f"{seconds:.2f} s"
         assert not s.correct
 
 
