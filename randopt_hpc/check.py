@@ -237,7 +237,7 @@ def _command():
                    context_settings={"help_option_names": ["-h", "--help"]})
     @click.argument("config", type=click.Path(dir_okay=False))
     @click.argument("overrides", nargs=-1)
-    @click.option("--gpu-gib", default=GH200_GIB, show_default=True, type=click.FloatRange(0, 1e6, min_open=True),
+    @click.option("--gpu-gib", default=GH200_GIB, show_default=True, type=cli_errors.Finite(0, 1e6, min_open=True),
                   help="Memory of one GPU, GiB (GH200: 89.4).")
     def check(config, overrides, gpu_gib):
         """Check CONFIG (with key=value OVERRIDES) against its model, data and Slurm request."""

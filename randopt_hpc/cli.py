@@ -7,6 +7,8 @@ Use `@click.command(cls=Command, error_name="randopt_hpc.launch")` (or `Group`);
 """
 from __future__ import annotations
 
+import math
+import os
 import sys
 
 import click
@@ -15,6 +17,28 @@ import click
 def fail(name: str, message: str) -> int:
     click.echo(f"{name}: error: {' '.join(str(message).split())}", err=True)
     return 2
+
+
+class Finite(click.FloatRange):
+    """click's FloatRange lets nan past every bound (each comparison with nan is false): this one also
+    refuses nan and ±inf."""
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+def threads_option(help: str):
+    """--threads, at most this machine's CPUs: OpenMP aborts the process when it cannot start its pool."""
+    cpus = os.cpu_count() or 1
+    return click.option("--threads", type=click.IntRange(1, cpus), default=1, show_default=True,
+                        help=f"{help} (at most this machine's {cpus} CPUs)")
+
+
+DPI = click.IntRange(10, 1200)     # beyond it a figure's pixels run to gigabytes
 
 
 class _OneLineErrors:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import click
 
-from randopt_hpc.cli import Command, fail
+from randopt_hpc.cli import Command, Finite, fail, threads_option
 from randopt_hpc.export import (
     Refused,
     base_backend,
@@ -329,7 +329,7 @@ def test_accuracy(cfg, folder: str, chat: bool) -> float:
               help="unlabeled prompts per task (rows in neither split), answered by the vote; 0: none")
 @click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, show_default=True,
               help="passes over the traces")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D.lr, show_default=True,
+@click.option("--lr", type=Finite(min=0, min_open=True), default=D.lr, show_default=True,
               help="peak AdamW rate: linear warm-up over the first 10% of steps, then cosine to 0")
 @click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size, show_default=True,
               help="traces per optimizer step")
@@ -339,8 +339,7 @@ def test_accuracy(cfg, folder: str, chat: bool) -> float:
               help=f"auto: LoRA above {LORA_ABOVE:.0e} parameters, full fine-tuning below")
 @click.option("--lora-rank", type=click.IntRange(min=1), default=D.lora_rank, show_default=True,
               help="rank of the LoRA adapters (alpha = 2 x rank)")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="torch and numba CPU threads (the same count gives the same weights)")
+@threads_option("torch and numba CPU threads (the same count gives the same weights)")
 def main(run_dir: str, out: str, k: int | None, traces: str, unlabeled: int, epochs: int, lr: float,
          batch_size: int, seed: int, lora: str, lora_rank: int, threads: int) -> None:
     from randopt_hpc.sft import Settings

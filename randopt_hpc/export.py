@@ -205,16 +205,32 @@ def export(run_dir: str, out: str, member: int | None, rank: int | None, final: 
 
 
 def check_out(out: str) -> None:
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise Refused(f"--out {out}: exists and is not an empty folder")
+    """Refused unless `out` is absent or an empty folder, and a folder can be made where it goes: found before
+    any work, not when the finished folder is published."""
+    path = os.path.abspath(out)
+    try:
+        if os.path.lexists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise Refused(f"--out {out}: exists and is not an empty folder")
+        above = os.path.dirname(path)
+        while not os.path.lexists(above):
+            above = os.path.dirname(above)
+        if not os.path.isdir(above):
+            raise Refused(f"--out {out}: {above} is not a folder")
+        # A probe, not os.access: root passes access() on /proc and on read-only mounts, then mkdir fails.
+        os.rmdir(tempfile.mkdtemp(prefix=".randopt-probe-", dir=above))
+    except OSError as e:
+        raise Refused(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
 def publish(out: str, fill) -> None:
     """fill(tmp) writes the folder under a temporary name beside `out`, which is then renamed to `out` (absent
     or empty: checked by the caller): a folder is whole or absent."""
     parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-", dir=parent)
+    except OSError as e:
+        raise Refused(f"--out {out}: cannot write there ({e.strerror or e})") from None
     try:
         fill(tmp)
         mask = os.umask(0)

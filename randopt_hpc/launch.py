@@ -242,7 +242,7 @@ def executor_parameters(site: Site, opts: dict, python: str) -> dict:
               help="Slurm partition [slurm.partition, else the site's, else Slurm's].")
 @click.option("--account", callback=_sbatch_option, help="[slurm.account]")
 @click.option("--qos", callback=_sbatch_option, help="[slurm.qos]")
-@click.option("--gpu-gib", default=check.GH200_GIB, show_default=True, type=click.FloatRange(0, 1e6, min_open=True),
+@click.option("--gpu-gib", default=check.GH200_GIB, show_default=True, type=cli_errors.Finite(0, 1e6, min_open=True),
               help="Memory of one GPU in GiB, for the memory check (randopt_hpc.check).")
 @click.option("--job-name", default="randopt", show_default=True, callback=_sbatch_option)
 @click.option("--signal-delay", default=180, show_default=True, type=click.IntRange(1),

@@ -3,12 +3,14 @@
 Reads run.yaml and the shards (no MPI, no model), so it works on a login node while the job runs,
 after a crash, or before a requeue. Per shard (one per rank of every launch that wrote to the
 folder): candidates done, busy seconds, candidates/s, and how long ago it last wrote. On a sweep's
-folder (launch.yaml from randopt_hpc.launch, no run.yaml) it shows one line per point.
+folder (launch.yaml from randopt_hpc.launch, no run.yaml) it shows one line per point; on the folder of a
+run with `rounds: R` (round-1/, round-2/, ...), each round's table and whether its distilled model is written.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -131,16 +133,49 @@ def render(s: dict) -> str:
     return "\n".join(lines)
 
 
+def round_dirs(out_dir: str) -> list[str]:
+    """The round-r run folders of a `rounds:` run's output.dir, in round order ([] for any other folder)."""
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        return []
+    rounds = sorted((int(m.group(1)), name) for name in names if (m := re.fullmatch(r"round-([1-9]\d{0,3})", name)))
+    return [os.path.join(out_dir, name) for _, name in rounds if RunFolder(os.path.join(out_dir, name)).started]
+
+
+def summarize_rounds(out_dir: str, now: float | None = None) -> dict:
+    rounds = []
+    for path in round_dirs(out_dir):
+        info = os.path.join(path, "distilled", "distill.json")
+        rounds.append({**summarize(path, now), "distilled": os.path.isfile(info) and os.path.join(path, "distilled")})
+    return {"dir": out_dir, "rounds": rounds, "finished": os.path.isfile(os.path.join(out_dir, "rounds.json"))}
+
+
+def render_rounds(s: dict) -> str:
+    lines = []
+    for r, one in enumerate(s["rounds"], 1):
+        lines += [f"round {r}: " + render(one).replace("\n", "\n  ")]
+        if one["distilled"]:
+            lines.append(f"  distilled into {one['distilled']} (the next round's model)")
+    state = "finished (rounds.md written)" if s["finished"] else "not finished"
+    lines.append(f"{s['dir']}: {len(s['rounds'])} round(s) started, {state}")
+    return "\n".join(lines)
+
+
 @click.command(cls=Command, error_name="randopt_hpc.status", help=__doc__.splitlines()[0])
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
 def main(out_dir: str, as_json: bool) -> None:
-    sweep = not RunFolder(out_dir).started and os.path.exists(os.path.join(out_dir, LAUNCH_YAML))
+    plain = RunFolder(out_dir).started
+    kind = "run" if plain else "sweep" if os.path.exists(os.path.join(out_dir, LAUNCH_YAML)) else \
+        "rounds" if round_dirs(out_dir) else "run"
+    summary, show = {"run": (summarize, render), "sweep": (summarize_sweep, render_sweep),
+                     "rounds": (summarize_rounds, render_rounds)}[kind]
     try:
-        s = summarize_sweep(out_dir) if sweep else summarize(out_dir)
+        s = summary(out_dir)
     except (OSError, ConfigError, KeyError, ValueError, TypeError) as e:
         sys.exit(fail("randopt_hpc.status", str(e)))
-    click.echo(json.dumps(s) if as_json else (render_sweep(s) if sweep else render(s)))
+    click.echo(json.dumps(s) if as_json else show(s))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 
 import click
 
-from randopt_hpc.cli import Group
+from randopt_hpc.cli import DPI, Finite, Group
 from randopt_hpc.population import DEALS
 from tools import metrics, render, reports, runfile, schedules, sweep, tables
 from tools.runfile import ResultsError
@@ -178,7 +178,7 @@ def passk(files, as_json):
 @click.option("--first", type=click.IntRange(min=1), default=None, help="Examples of the first rung (default: "
               "the run's selection.halving.first, else the config default).")
 @click.option("--eta", type=click.IntRange(min=2), default=None, help="Keep 1/eta per rung, eta times the examples.")
-@click.option("--keep", type=click.FloatRange(min=1), default=None, help="Never fewer survivors than keep × max K.")
+@click.option("--keep", type=Finite(min=1), default=None, help="Never fewer survivors than keep × max K.")
 @click.option("--k", "ks", type=click.IntRange(min=1), multiple=True, help="K values (default: the run's top_k).")
 @click.option("--live", default=None, metavar="FILE", help="A live run of the schedule: whether its top K (its "
               "selection/ranking) are the replay's, in order.")
@@ -215,9 +215,9 @@ def halving(files, schedule, first, eta, keep, ks, live, as_json):
 @click.option("--members", type=click.IntRange(min=0), default=None, help="Member jobs after the ranking (default: "
               "the run's).")
 @click.option("--test-size", type=click.IntRange(min=0), default=None, help="Test problems per member.")
-@click.option("--slow-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--slow-share", type=Finite(0, 1), default=0.0, show_default=True,
               help="Share of candidates made --slow-factor times slower (runaway answers).")
-@click.option("--slow-factor", type=click.FloatRange(min=1), default=5.0, show_default=True)
+@click.option("--slow-factor", type=Finite(min=1), default=5.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resampling.")
 @json_option
 def scale(files, ranks, schedules, ns, members, test_size, slow_share, slow_factor, seed, as_json):
@@ -296,10 +296,10 @@ def compare(a, b, as_json):
 @cli.command("es")
 @files_arg
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="The RandOpt vote's K.")
-@click.option("--tolerance", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+@click.option("--tolerance", type=Finite(0, 1), default=0.05, show_default=True,
               help="A RandOpt run matches an ES point when their train tokens differ by at most this share.")
 @click.option("--out", "out_dir", metavar="DIR", help="Also write es-vs-randopt.png into DIR (created).")
-@click.option("--dpi", default=100, show_default=True)
+@click.option("--dpi", type=DPI, default=100, show_default=True)
 @json_option
 def es_command(files, k, tolerance, out_dir, dpi, as_json):
     """RandOpt against ES at equal generated train tokens: RandOpt runs of growing N (their top-K vote) and ES runs
@@ -336,7 +336,7 @@ def _sweep_data(files, band: str) -> dict:
                    "generation.temperature): its base pass@k joins passk.png. Repeatable.")
 @click.option("--band", type=click.Choice(["range", "ci"]), default="range", show_default=True,
               help="Several files: the band around the mean over seeds, min–max or the 95% t-interval.")
-@click.option("--dpi", default=100, show_default=True)
+@click.option("--dpi", type=DPI, default=100, show_default=True)
 @json_option
 def plot(files, out_dir, more, band, dpi, as_json):
     """PNGs. One file: train-score histogram, K-curve, σ box plots, density with its interval band, and (with base

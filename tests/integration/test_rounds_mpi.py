@@ -51,6 +51,20 @@ def test_two_rounds_are_the_same_on_1_and_2_ranks(two):
     assert "| 2 |" in (a / "rounds.md").read_text() and "rounds of" in p.stdout
 
 
+def test_status_on_the_rounds_folder_shows_every_round(two):
+    from randopt_hpc.status import render_rounds, summarize_rounds
+
+    _, out, _ = two["np2"]
+    s = summarize_rounds(str(out))
+    assert [r["dir"] for r in s["rounds"]] == [str(out / "round-1"), str(out / "round-2")] and s["finished"]
+    assert [r["finished"] for r in s["rounds"]] == [True, True]
+    assert s["rounds"][0]["distilled"] == str(out / "round-1" / "distilled") and not s["rounds"][1]["distilled"]
+    text = render_rounds(s)
+    assert text.startswith(f"round 1: {out / 'round-1'}: 4/4 candidates") and "\nround 2: " in text
+    assert text.endswith(f"{out}: 2 round(s) started, finished (rounds.md written)")
+    assert summarize_rounds(str(out / "round-1"))["rounds"] == []     # a round's own folder is a plain run
+
+
 def test_a_rerun_computes_nothing_and_a_changed_setting_is_refused(two):
     cfg, out, _ = two["np2"]
     model = out / "round-1" / "distilled" / "model.safetensors"

@@ -376,6 +376,24 @@ def test_usage_errors_are_one_line():
     assert code == 2 and err.count("\n") == 1 and "--margins" in err
 
 
+@pytest.mark.parametrize("argv,match", [
+    (["halving", "--keep", "nan"], "'--keep': 'nan' is not a finite number"),
+    (["scale", "--slow-share", "nan"], "'--slow-share': 'nan' is not a finite number"),
+    (["scale", "--slow-factor", "inf"], "'--slow-factor': 'inf' is not a finite number"),
+    (["es", "--tolerance", "nan"], "'--tolerance': 'nan' is not a finite number"),
+    (["plot", "--dpi", "0"], "'--dpi': 0 is not in the range 10<=x<=1200"),
+    (["plot", "--dpi", "100000"], "'--dpi': 100000 is not in the range"),   # gigapixels, not an error
+    (["es", "--dpi", "-5"], "'--dpi': -5 is not in the range"),
+])
+def test_numbers_out_of_range_exit_2_with_one_line(demo, tmp_path, argv, match):
+    """nan passes every bound of click's FloatRange; a dpi of 0 or 10^5 reached matplotlib (a traceback,
+    or gigabytes of pixels)."""
+    extra = ["--out", tmp_path / "p"] if argv[0] == "plot" else []
+    code, out, err = run(*argv, demo, *extra)
+    assert code == 2 and out == "" and err.count("\n") == 1 and match in err, err
+    assert not (tmp_path / "p").exists()
+
+
 def test_every_command_json_is_valid(demo, tmp_path):
     for command in ("summary", "kcurve", "sigma", "density", "passk", "merge", "thicket"):
         code, out, err = run(command, demo, demo, "--json")

@@ -121,12 +121,33 @@ def test_refusals(finished, capsys, tmp_path):
     refused(capsys, tmp, run_dir, "--member", 4, "--out", out, match="--member 4: outside 0..3")
     refused(capsys, tmp, run_dir, "--rank", 0, "--out", out, match="--rank 0: outside 1..4")
     refused(capsys, tmp, run_dir, "--rank", 1, match="Missing option '--out'")
+    # An --out that cannot be made is refused before any work, not after it (and leaves no probe behind).
+    refused(capsys, tmp, run_dir, "--rank", 1, "--out", "/proc/randopt-export", match="cannot write there")
+    refused(capsys, tmp, run_dir, "--rank", 1, "--out", tmp / "run" / "results.h5" / "x",
+            match="results.h5 is not a folder")
     (tmp / "full").mkdir()
     (tmp / "full" / "x").write_text("x")
     refused(capsys, tmp, run_dir, "--rank", 1, "--out", tmp / "full", match="exists and is not an empty folder")
     with other_weights(tmp / "model", tmp_path):   # the same layout, other weights
         refused(capsys, tmp, run_dir, "--rank", 1, "--out", out,
                 match="does not answer as the run's base model did (")
+
+
+def test_check_export_refuses_in_one_line(finished, tmp_path):
+    import subprocess
+    import sys
+
+    tmp, _, _ = finished
+    for argv, match in [([tmp_path / "nothing"], "not a randopt_hpc run folder"),
+                        ([tmp / "run", "--rank", 0], "'--rank': 0 is not in the range"),
+                        ([tmp / "run", "--rank", 5], "--rank 5: outside 1..4"),
+                        ([tmp / "run", "--final"], "--final: only an ES run"),
+                        ([tmp / "run", "--backend", "tgi"], "'--backend': 'tgi' is not one of")]:
+        p = subprocess.run([sys.executable, "-m", "tools.check_export", *map(str, argv)], capture_output=True,
+                           text=True, timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("check_export: error: "), p.stderr
+        assert match in lines[0] and not p.stdout
 
 
 def test_check_export_reproduces_every_stored_key(finished):

@@ -145,6 +145,7 @@ def test_sweep_is_the_product_with_the_first_key_slowest():
     (("--nodez", "2"), "No such option '--nodez'; valid options: --account,"),
     (("--site", "nowhere"), f"Invalid value for '--site': no site 'nowhere'; valid sites: {', '.join(SITES)}"),
     (("--nodes", "0"), "Invalid value for '--nodes'"),
+    (("--gpu-gib", "nan"), "Invalid value for '--gpu-gib': 'nan' is not a finite number"),
     (("--sweep", "slurm.nodes=[1,2]"), "--sweep slurm.nodes: a job array has one Slurm request"),
     (("slurm.account=a;b",), "slurm.account: 'a;b' would be written into an #SBATCH line"),
     (("--nodes", "40"), "slurm.nodes: 160 ranks (40 nodes × 4) for population.size 128: 32 ranks would have no "
