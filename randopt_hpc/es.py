@@ -55,8 +55,6 @@ class EsConfig:
         last = sigma_at(sigmas[0], self.sigma_decay, self.iterations - 1)
         require(last >= MIN_SIGMA, "es.sigma_decay",
                 f"the update divides by σ_t: σ at the last iteration is {last:.3g}, below {MIN_SIGMA:g}")
-        require(cfg.backend in ("hf", "mlp"), "backend", f"algorithm es moves θ with the hf or mlp backend; got "
-                f"{cfg.backend}")
         require(cfg.selection.schedule == "full", "selection.schedule", "algorithm es scores every candidate on "
                 "the whole train split; set full")
         require(len(cfg.all_tasks) == 1, "task", "algorithm es scores one task; list one")

@@ -24,7 +24,7 @@ from randopt_hpc import jobs as J
 from randopt_hpc.backends import run_backend
 from randopt_hpc.data import make_task
 from randopt_hpc.evaluate import Evaluator
-from randopt_hpc.fingerprint import fingerprint_hash, settings
+from randopt_hpc.fingerprint import settings, theta_fingerprint
 from randopt_hpc.progress import Timer
 from randopt_hpc.runfolder import RunFolder
 from randopt_hpc.tasks.multi import Objective
@@ -37,11 +37,12 @@ def checkpoint_path(run_dir: str, t: int) -> str:
 
 
 def theta_hash(tensors: dict) -> str:
-    """sha256 of θ's perturbed tensors, in checkpoint order, as raw bytes."""
+    """sha256 of θ's perturbed tensors by name, in sorted name order (each backend lists them in its own), as
+    raw bytes."""
     import torch
 
     h = hashlib.sha256()
-    for name, t in tensors.items():
+    for name, t in sorted(tensors.items()):
         h.update(name.encode())
         h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -110,7 +111,7 @@ def run_es(cfg, comm, env, log, train, test, stop, *, backend=None, on_candidate
                    settings(cfg), rank=rank, pause=env.slow.pause if env.slow else None)
     shard = folder.writer(rank)
     dealer = J.Dealer(comm.counter(), size) if cfg.runtime.schedule == "dynamic" else None
-    fingerprint, sigma0, evals = fingerprint_hash(cfg), cfg.population.sigmas[0], eval_points(cfg.es)
+    fingerprint, sigma0, evals = theta_fingerprint(cfg), cfg.population.sigmas[0], eval_points(cfg.es)
     iters = [E.candidates(cfg.es, cfg.population.seed, sigma0, n, t) for t in range(T)]
     first_open = next((t for t in range(T) if any(c.index not in done.candidates for c in iters[t])), T)
     # A checkpoint no later than the first θ with work left: a missing candidate, or a missing evaluation (a run

@@ -259,8 +259,9 @@ def copy_base_files(src: str, dst: str) -> None:
 def load_final(backend, run_dir: str, cfg, info: dict) -> None:
     """The backend's θ0 <- the ES run's θ_T checkpoint, checked against the hash its results recorded."""
     from randopt_hpc.es_run import load_checkpoint
+    from randopt_hpc.fingerprint import theta_fingerprint
 
-    found = load_checkpoint(run_dir, cfg.es.iterations, list(backend.names), info["fingerprint"])
+    found = load_checkpoint(run_dir, cfg.es.iterations, list(backend.names), theta_fingerprint(cfg))
     if found is None or found[0] != cfg.es.iterations or found[2][-1] != info["theta_sha256"]:
         raise Refused(f"{run_dir}: no readable checkpoint of θ_{cfg.es.iterations} with the hash results.h5 records")
     backend.load_base(found[1])

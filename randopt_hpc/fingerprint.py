@@ -88,5 +88,18 @@ def growth_refusal(old: Config, new: Config) -> str | None:
     return None
 
 
+def _hash(fields: dict) -> str:
+    return hashlib.sha256(yaml.safe_dump(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def fingerprint_hash(cfg: Config) -> str:
-    return hashlib.sha256(yaml.safe_dump(result_fingerprint(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    return _hash(result_fingerprint(cfg))
+
+
+# How far an ES run goes and what it evaluates: θ_t does not depend on them (N, which it depends on, cannot grow).
+THETA_FREE = ("es.iterations", "es.eval_every", "task.test_size")
+
+
+def theta_fingerprint(cfg: Config) -> str:
+    """What θ_t of an ES run depends on, hashed: its checkpoints carry it, so they stay valid as the run grows."""
+    return _hash({k: v for k, v in result_fingerprint(cfg).items() if k not in THETA_FREE})

@@ -204,6 +204,7 @@ class VLLMBackend(BaseBackend):
             raise VLLMError("population.include/exclude select no weight tensor of the model")
         self.names = info["selected"]
         self._elements = info["elements"]
+        self._shapes = {n: tuple(x) for n, x in info["shapes"].items()}
         return info
 
     def _perturb(self, seed: int, sigma: float) -> None:
@@ -214,6 +215,20 @@ class VLLMBackend(BaseBackend):
 
     def n_perturbed_elements(self) -> int:
         return self._elements
+
+    # ES (randopt_hpc.es_run): θ0 lives in the workers, sharded as vLLM holds it; these move and read it there.
+    def _shift(self, terms) -> None:
+        self.llm.collective_rpc("randopt_shift", args=([(int(seed), float(c)) for seed, c in terms],))
+
+    def base_tensors(self) -> dict:
+        """θ0 by checkpoint name, put together from every worker's pieces."""
+        return put_together(self.llm.collective_rpc("randopt_base"), self._shapes, self.names)
+
+    def load_base(self, tensors: dict) -> None:
+        if self.perturbed:
+            raise RuntimeError("load_base() while perturbed: restore() first")
+        self.llm.collective_rpc("randopt_load_base", args=({n: tensors[n].cpu() for n in self.names},))
+        self.stale = False
 
     def _encode(self, examples: Sequence[Example]) -> list[list[int]]:
         return [self.tokenizer(self.prompt_text(ex), add_special_tokens=not self.chat)["input_ids"]
@@ -251,6 +266,19 @@ class VLLMBackend(BaseBackend):
             return SamplingParams(temperature=0.0, **opts)
         return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                               seed=sampling.row_seed(example_id), **opts)
+
+
+def put_together(per_worker: list, shapes: dict, names) -> dict:
+    """Checkpoint tensors from the workers' (name, rows, cols, slice) pieces: each tensor-parallel rank holds
+    slices of some tensors (replicated ones on every rank, alike)."""
+    import torch
+
+    out = {}
+    for pieces in per_worker:
+        for name, rows, cols, t in pieces:
+            full = out.setdefault(name, torch.empty(shapes[name], dtype=t.dtype))
+            (full[rows[0]:rows[1]] if cols is None else full[rows[0]:rows[1], cols[0]:cols[1]]).copy_(t)
+    return {n: out[n] for n in names}
 
 
 def sidestep_llvmlite_in_kernel_scan() -> None:

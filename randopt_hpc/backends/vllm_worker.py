@@ -69,7 +69,8 @@ class PerturbExtension:
         with Checkpoint(path) as ckpt, torch.no_grad():
             # The checkpoint's own names select, as in the HF backend; vLLM's fused names never do.
             selected = set(select_names(ckpt.names, list(include), list(exclude)))
-            elements = sum(math.prod(ckpt.shape(n)) for n in selected)
+            shapes = {n: tuple(ckpt.shape(n)) for n in selected}
+            elements = sum(math.prod(shape) for shape in shapes.values())
             for name, param in model.named_parameters():
                 try:
                     pieces = tp.pieces(name, shape, rank, size)
@@ -104,7 +105,7 @@ class PerturbExtension:
                     "selected": selected, "slots": slots, "keep": bool(opts["keep_written"])}
         return {"selected": sorted(selected), "params": [s["param"] for s in slots],
                 # Counted on the checkpoint, as the HF backend counts: the same on every rank and TP size.
-                "elements": int(elements),
+                "elements": int(elements), "shapes": {n: list(x) for n, x in shapes.items()},
                 "pristine_bytes": int(sum(s["base"].numel() * s["base"].element_size() for s in slots))}
 
     def randopt_perturb(self, seed: int, sigma: float) -> None:
@@ -143,6 +144,52 @@ class PerturbExtension:
                 else:
                     # From pinned host memory this is an asynchronous copy, ordered before the next forward.
                     _live(s).copy_(s["base"], non_blocking=True)
+
+    def randopt_shift(self, terms: list) -> None:
+        """θ0 <- cast(θ0 + Σ float32(c)·ε(seed)) for (seed, c) in order, summed in float32 as noise.shift_ sums
+        them for the HF backend (an ES update): per element the same operations in the same order, so the
+        same bits. Then the live weights are θ0 again."""
+        import numpy as np
+        import torch
+
+        from randopt_hpc import tp
+
+        rp = self._rp
+        with torch.no_grad():
+            for s in rp["slots"]:
+                acc = torch.zeros(s["base"].shape, dtype=torch.float32, device=s["device"])
+                for seed, c in terms:
+                    eps = tp.shard_noise(int(seed), s["param"], rp["shape"], rp["rank"], rp["size"], impl=rp["impl"],
+                                         sources=rp["selected"], device=s["device"])
+                    acc.add_(eps.mul_(float(np.float32(c))))
+                for p in s["pieces"]:
+                    base = tp.region(s["base"], p)
+                    new = tp.region(acc, p).add_(base.to(acc.device).float()).to(rp["dtype"])
+                    base.copy_(new.to(base.device))
+        self.randopt_restore()
+
+    def randopt_base(self) -> list:
+        """This worker's pieces of θ0 as (checkpoint name, rows, cols, tensor on the CPU): a rank holds whole
+        tensors or slices of them; the driver puts the slices of every rank together."""
+        from randopt_hpc import tp
+
+        return [(p.source, p.rows, p.cols, tp.region(s["base"], p).to("cpu", copy=True).contiguous())
+                for s in self._rp["slots"] for p in s["pieces"]]
+
+    def randopt_load_base(self, tensors: dict) -> None:
+        """θ0 <- the given checkpoint tensors (an ES checkpoint, by checkpoint name), and the live weights."""
+        import torch
+
+        from randopt_hpc import tp
+
+        with torch.no_grad():
+            for s in self._rp["slots"]:
+                for p in s["pieces"]:
+                    src = tensors[p.source]
+                    piece = src[p.rows[0]:p.rows[1]] if p.cols is None else \
+                        src[p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]]
+                    tp.region(s["base"], p).copy_(piece.to(s["base"].dtype))
+        self.randopt_restore()
 
     def randopt_weights(self) -> dict:
         """The weights the worker holds now, as local (unpacked) tensors, for tests; a packed layer that

@@ -86,7 +86,7 @@ def test_the_hf_backend_shifts_theta_by_the_formula(random_model, version):
     (["es.sigma_decay=0"], "es.sigma_decay"),
     (["es.sigma_decay=0.01", "es.iterations=40"], "es.sigma_decay"),
     (["population.sigmas=[1e-300]"], "population.sigmas"),
-    (["backend=vllm", "population.noise=boxmuller"], "backend"),
+    (["backend=vllm", "population.noise=window"], "population.noise"),
     (["selection.schedule=halving"], "selection.schedule"),
     (["generation.samples=2"], "generation.samples"),
     (["es.eval_every=0"], "es.eval_every"),

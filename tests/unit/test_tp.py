@@ -182,3 +182,61 @@ def test_shape_from_the_demo_model_config():
     assert s == tp.ModelShape(hidden=128, intermediate=512, heads=4, kv_heads=4, head_dim=32, vocab=100, tie=False,
                              layers=4)
     assert tp.local_shape("model.layers.0.self_attn.qkv_proj.weight", s, 2) == (192, 128)
+
+
+# --------------------------------------------------------------------------- ES on the vLLM workers' shards
+
+def _workers(s: tp.ModelShape, size: int, tensors: dict) -> list:
+    """A vLLM worker's ES state for each tensor-parallel rank, as randopt_init sets it up (no engine: the
+    live weights are plain tensors on stand-in modules)."""
+    from types import SimpleNamespace
+
+    from randopt_hpc.backends.vllm_worker import PerturbExtension
+
+    out = []
+    for rank in range(size):
+        w = PerturbExtension()
+        slots = []
+        for param in tp.vllm_parameters(s):
+            base = tp.assemble(param, s, rank, size, tensors, torch.float32)
+            slots.append({"param": param, "module": SimpleNamespace(weight=base.clone()), "attr": "weight",
+                          "device": torch.device("cpu"), "base": base, "pieces": tp.pieces(param, s, rank, size),
+                          "packed": False, "sharing": [], "drop_weight": False})
+        w._rp = {"shape": s, "rank": rank, "size": size, "impl": "torch", "dtype": torch.float32,
+                 "selected": set(tensors), "slots": slots, "keep": False}
+        out.append(w)
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_an_es_update_on_the_shards_is_the_update_of_the_whole_tensors(size):
+    """Each rank moves its own slices of θ in place (randopt_shift); put back together (put_together), θ is
+    bitwise what noise.shift_ gives the HF backend's whole tensors; loading a checkpoint puts each rank's
+    slices of it in place (randopt_load_base); the live weights follow θ each time."""
+    from dataclasses import replace
+
+    from randopt_hpc.backends.vllm import put_together
+
+    s = replace(SHAPES[1], layers=2)      # K/V heads replicated at TP 4, a padded and tied vocabulary
+    gen = torch.Generator().manual_seed(0)
+    theta = {n: torch.randn(tp.source_shape(n, s), generator=gen) for n in sorted(tp.checkpoint_tensors(s))}
+    shapes = {n: t.shape for n, t in theta.items()}
+    workers = _workers(s, size, theta)
+    terms = [(7, 0.25), (8, -0.25), (2**40 + 3, 1e-3)]
+    for w in workers:
+        w.randopt_shift(terms)
+    want = {n: t.clone() for n, t in theta.items()}
+    for n, t in want.items():
+        noise.shift_(t, n, terms, "torch")
+    got = put_together([w.randopt_base() for w in workers], shapes, sorted(theta))
+    assert sorted(got) == sorted(want) and all(torch.equal(got[n], want[n]) for n in want)
+    assert any(not torch.equal(got[n], theta[n]) for n in theta)
+    for w in workers:
+        assert all(torch.equal(x["module"].weight, x["base"]) for x in w._rp["slots"])
+    for w in workers:
+        w.randopt_load_base(theta)
+    back = put_together([w.randopt_base() for w in workers], shapes, sorted(theta))
+    assert all(torch.equal(back[n], theta[n]) for n in theta)
+    for rank, w in enumerate(workers):
+        for x in w._rp["slots"]:
+            assert torch.equal(x["module"].weight, tp.assemble(x["param"], s, rank, size, theta, torch.float32))
