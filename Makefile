@@ -22,7 +22,7 @@ demo: $(STAMP)
 # The Slurm tests need the local single-node Slurm (root: apt-get install, daemons); in CI it must come up.
 test: lint
 	jobs/local-slurm.sh up || test "$$CI" != true
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --durations=15 tests
 
 # The fast layer: pure core, config, records, run() on the fake backend, tiny models in-process.
 test-unit: lint

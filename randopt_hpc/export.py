@@ -209,8 +209,8 @@ def check_out(out: str) -> None:
     any work, not when the finished folder is published."""
     path = os.path.abspath(out)
     try:
-        if os.path.lexists(path) and (not os.path.isdir(path) or os.listdir(path)):
-            raise Refused(f"--out {out}: exists and is not an empty folder")
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path) or os.listdir(path)):
+            raise Refused(f"--out {out}: exists and is not an empty folder")   # a link too: renamed over, not into
         above = os.path.dirname(path)
         while not os.path.lexists(above):
             above = os.path.dirname(above)

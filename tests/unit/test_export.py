@@ -125,6 +125,9 @@ def test_refusals(finished, capsys, tmp_path):
     refused(capsys, tmp, run_dir, "--rank", 1, "--out", "/proc/randopt-export", match="cannot write there")
     refused(capsys, tmp, run_dir, "--rank", 1, "--out", tmp / "run" / "results.h5" / "x",
             match="results.h5 is not a folder")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    refused(capsys, tmp, run_dir, "--rank", 1, "--out", tmp_path / "link", match="exists and is not an empty folder")
     (tmp / "full").mkdir()
     (tmp / "full" / "x").write_text("x")
     refused(capsys, tmp, run_dir, "--rank", 1, "--out", tmp / "full", match="exists and is not an empty folder")
