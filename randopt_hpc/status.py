@@ -147,14 +147,15 @@ def summarize_rounds(out_dir: str, now: float | None = None) -> dict:
     rounds = []
     for path in round_dirs(out_dir):
         info = os.path.join(path, "distilled", "distill.json")
-        rounds.append({**summarize(path, now), "distilled": os.path.isfile(info) and os.path.join(path, "distilled")})
+        rounds.append({**summarize(path, now), "round": int(os.path.basename(path).split("-")[1]),
+                       "distilled": os.path.isfile(info) and os.path.join(path, "distilled")})
     return {"dir": out_dir, "rounds": rounds, "finished": os.path.isfile(os.path.join(out_dir, "rounds.json"))}
 
 
 def render_rounds(s: dict) -> str:
     lines = []
-    for r, one in enumerate(s["rounds"], 1):
-        lines += [f"round {r}: " + render(one).replace("\n", "\n  ")]
+    for one in s["rounds"]:
+        lines += [f"round {one['round']}: " + render(one).replace("\n", "\n  ")]
         if one["distilled"]:
             lines.append(f"  distilled into {one['distilled']} (the next round's model)")
     state = "finished (rounds.md written)" if s["finished"] else "not finished"
