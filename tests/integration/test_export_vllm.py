@@ -56,3 +56,25 @@ def test_the_exported_best_member_answers_in_vllm_as_it_did_in_the_run(tmp_path)
     from randopt_hpc.data import make_task
 
     assert [s.key or "" for s in (make_task(cfg).score(c.text, ex) for c, ex in zip(got, test))] == keys
+
+
+def test_a_vllm_run_distils_and_its_members_are_rebuilt_exactly(tmp_path):
+    """distill on a backend=vllm run: the hf backend rebuilds each member from its seed and σ (the noise is one
+    model in both backends) and its train answers are the keys the vLLM run stored, every one."""
+    import json
+
+    path = write_config(tmp_path / "run.yaml", ROOT / "models" / "demo", tmp_path / "run", task=TASK, backend="vllm",
+                        population={"size": 6, "sigmas": [1e-2, 2e-2]}, selection={"top_k": [1, 3], "control": False},
+                        generation={"samples": 0, "max_new_tokens": 12, "batch_size": 20},
+                        vllm={"max_model_len": 128, "kv_cache_gib": 0.25})
+    cfg = load_config(str(path))
+    engines_in_this_process()
+    run(cfg, SerialComm(), Environment.from_os({}), quiet_log(), *load_examples(cfg), StopFlag())
+    out = tmp_path / "distilled"
+    p = subprocess.run([sys.executable, "-m", "randopt_hpc.distill", str(tmp_path / "run"), "--out", str(out),
+                        "--unlabeled", "10", "--epochs", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads((out / "distill.json").read_text())
+    assert info["k"] == 3 and info["member_train_keys_differ"] == 0
+    assert info["counts"]["train"]["traces"] + info["counts"]["unlabeled"]["traces"] > 0
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
