@@ -144,23 +144,47 @@ def unlabeled_examples(cfg, per_task: int) -> list:
     return out
 
 
-def collect(backend, task, members: list[dict], train: list, unlabeled: list, every: bool, log=_say):
-    """Every member answers train + unlabeled; (kept trace rows, per-split counts, train keys that differ from
-    the run's stored ones)."""
+def member_answers(backend, task, members: list[dict], examples: list, log=_say) -> list:
+    """Each member's Answers to `examples`, in member order."""
     from randopt_hpc.evaluate import Evaluator
     from randopt_hpc.population import Candidate
 
-    examples = train + unlabeled
     ev = Evaluator(backend, task, keep_text=True)
-    answers, differ, t0 = [], 0, time.perf_counter()
+    answers, t0 = [], time.perf_counter()
     for i, m in enumerate(members):
-        a = ev.answers(examples, Candidate(m["index"], m["seed"], m["sigma"]))
-        differ += sum((key or "") != stored for key, stored in zip(a.keys[:len(train)], m["train_key"])
-                      if stored is not None)
-        answers.append(a)
+        answers.append(ev.answers(examples, Candidate(m["index"], m["seed"], m["sigma"])))
         elapsed = time.perf_counter() - t0
         log(f"distill: traces member {i + 1}/{len(members)} elapsed {elapsed:.0f} s "
             f"ETA {elapsed / (i + 1) * (len(members) - i - 1):.0f} s")
+    return answers
+
+
+def shared_answers(comm):
+    """member_answers dealt over the ranks of `comm` (randopt_hpc.rounds): rank r answers members r, r + size, ...
+    (the same Answers whichever rank computes them); rank 0 gets them all in member order, the others None."""
+    def answer(backend, task, members, examples, log=_say):
+        parts = comm.gather(member_answers(backend, task, members[comm.rank::comm.size], examples, log))
+        return None if comm.rank else [parts[i % comm.size][i // comm.size] for i in range(len(members))]
+    return answer
+
+
+def answer_share(run_dir: str, k: int | None, n_unlabeled: int, answer, log=_say) -> None:
+    """A rank other than 0 in a distillation dealt over the ranks: its share of distill()'s member answers."""
+    from randopt_hpc.data import load_examples, make_task
+
+    cfg, base, _, members = read_members(run_dir, k)
+    answer(base_backend(cfg, base), make_task(cfg), members, load_examples(cfg)[0] +
+           unlabeled_examples(cfg, n_unlabeled), log)
+
+
+def collect(backend, task, members: list[dict], train: list, unlabeled: list, every: bool, log=_say,
+            answer=member_answers):
+    """Every member answers train + unlabeled (`answer`: here, or dealt over ranks); (kept trace rows, per-split
+    counts, train keys that differ from the run's stored ones)."""
+    examples = train + unlabeled
+    answers = answer(backend, task, members, examples, log)
+    differ = sum((key or "") != stored for m, a in zip(members, answers)
+                 for key, stored in zip(a.keys[:len(train)], m["train_key"]) if stored is not None)
     rows, counts = [], {}
     for split, lo, hi, rule in (("train", 0, len(train), keep_correct),
                                 ("unlabeled", len(train), len(examples), keep_majority)):
@@ -187,8 +211,9 @@ def need_peft() -> None:
 
 
 def distill(run_dir: str, out: str, k: int | None, every: bool, n_unlabeled: int, settings, lora: str,
-            threads: int, log=_say, setup: bool = True) -> dict:
-    """The command's work; setup=False inside a run's process (randopt_hpc.rounds), which is set up already."""
+            threads: int, log=_say, setup: bool = True, answer=member_answers) -> dict:
+    """The command's work; setup=False inside a run's process (randopt_hpc.rounds), which is set up already, and
+    `answer` there deals the members' answers over the ranks (shared_answers)."""
     import dataclasses
 
     from randopt_hpc.config import ConfigError
@@ -211,7 +236,7 @@ def distill(run_dir: str, out: str, k: int | None, every: bool, n_unlabeled: int
     except (ConfigError, ValueError) as e:
         raise Refused(" ".join(str(e).split())) from None
     t0 = time.perf_counter()
-    rows, counts, differ = collect(backend, make_task(cfg), members, train, unlabeled, every, log)
+    rows, counts, differ = collect(backend, make_task(cfg), members, train, unlabeled, every, log, answer)
     seconds = {"traces": time.perf_counter() - t0}
     if not rows:
         raise Refused(f"nothing to distil: no member answered a train prompt correctly and no unlabeled prompt "

@@ -2,9 +2,10 @@
 
 Round r (1..R) is an ordinary RandOpt run in output.dir/round-r (its own run.yaml, shards and results.h5) whose
 model is the base (r = 1) or round r−1's top-K ensemble distilled into one model (output.dir/round-(r−1)/
-distilled, by randopt_hpc.distill with the `distill:` section). Every rank runs every search; the distillation
-runs on rank 0 alone while the others wait without spinning (one model's fine-tuning on a few hundred
-traces: small next to a search, and one process makes it bitwise reproducible from its seed and threads).
+distilled, by randopt_hpc.distill with the `distill:` section). Every rank runs every search; the members'
+traces are dealt over the ranks and gathered on rank 0, which fine-tunes alone while the others wait without
+spinning (one model's training on a few hundred traces: small next to a search, and one process makes it
+bitwise reproducible from its seed and threads).
 A rerun skips every finished search and every distilled model already published (a folder is whole or
 absent), so it resumes where the job stopped. At the end rank 0 writes output.dir/rounds.md (and .json):
 each round's base, best single, top-K vote and the distilled model's test accuracy.
@@ -91,15 +92,15 @@ def run_rounds(cfg, comm, env, log, train, test, stop, on_candidate=None) -> Non
         if r == cfg.rounds:
             break
         out = distilled_dir(cfg, r)
-        if comm.rank == 0 and not os.path.isdir(out):
+        if comm.bcast(not os.path.isdir(out) if comm.rank == 0 else None):   # rank 0's view decides for all
             stop.check(f"distilling round {r}")
-            distill_round(rc, out, log)
+            distill_round(rc, out, log, comm)
         elif comm.rank == 0:
             other = distilled_otherwise(rc, out)
             if other:
                 raise ConfigError(f"distill: {out} was distilled with {other}; remove it to distil again, or choose "
                                   "another output.dir")
-        comm.wait_all(float("inf"))   # the others wait for rank 0's model without spinning in a barrier
+        comm.wait_all(float("inf"))   # the others wait for rank 0's training without spinning in a barrier
     if comm.rank == 0:
         write_summary(cfg, log)
     comm.barrier()
@@ -123,16 +124,21 @@ def distilled_otherwise(rc, out: str) -> str | None:
     return next((f"{k} {was[k]!r}, not {now[k]!r}" for k in now if was.get(k) != now[k]), None)
 
 
-def distill_round(rc, out: str, log) -> None:
-    from randopt_hpc.distill import distill
+def distill_round(rc, out: str, log, comm) -> None:
+    """The members' answers dealt over every rank (the same traces on any number of ranks), then rank 0 trains
+    and publishes while the others wait."""
+    from randopt_hpc.distill import answer_share, distill, shared_answers
     from randopt_hpc.export import Refused
     from randopt_hpc.sft import Settings
 
     d = rc.distill
     settings = Settings(epochs=d.epochs, lr=d.lr, batch_size=d.batch_size, seed=d.seed, lora_rank=d.lora_rank)
     try:
+        if comm.rank:
+            answer_share(rc.output.dir, d.k, d.unlabeled, shared_answers(comm), log.info)
+            return
         info = distill(rc.output.dir, out, d.k, d.traces == "all", d.unlabeled, settings, d.lora,
-                       rc.runtime.threads, log=log.info, setup=False)
+                       rc.runtime.threads, log=log.info, setup=False, answer=shared_answers(comm))
     except Refused as e:
         raise RuntimeError(f"distilling {rc.output.dir}: {e}") from None
     log.info("distilled round %s into %s: test accuracy %.4f (top-%d vote %s, base %.4f)", rc.output.dir, out,

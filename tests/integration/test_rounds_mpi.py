@@ -1,6 +1,6 @@
-"""rounds: 2 under real mpiexec on the shipped demo model: search, distil, search again; the same on 1 and 2 ranks,
-a rerun computes nothing again, a changed distill setting is refused in one line, and a lost round resumes
-from the published distilled model."""
+"""rounds: 2 under real mpiexec on the shipped demo model: search, distil (traces dealt over the ranks), search
+again; the same on 1 and 2 ranks, a rerun computes nothing again, a changed distill setting is refused in one
+line, and a lost round resumes from the published distilled model."""
 import json
 import os
 import shutil
@@ -36,7 +36,10 @@ def two(tmp_path_factory):
 
 
 def test_two_rounds_are_the_same_on_1_and_2_ranks(two):
-    (_, a, p), (_, b, _) = two["np1"], two["np2"]
+    (_, a, p), (_, b, p2) = two["np1"], two["np2"]
+    # The two members' traces: both on the one rank, one on each of two ranks (and the same model from them).
+    assert "[rank 0/1] distill: traces member 2/2" in p.stderr, p.stderr[-3000:]
+    assert all(f"[rank {r}/2] distill: traces member 1/1" in p2.stderr for r in (0, 1)), p2.stderr[-3000:]
     for r in (1, 2):
         assert_same_results(a / f"round-{r}" / "results.h5", b / f"round-{r}" / "results.h5")
     wa, wb = (load_file(x / "round-1" / "distilled" / "model.safetensors") for x in (a, b))
