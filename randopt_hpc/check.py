@@ -224,6 +224,22 @@ def missing_paths(cfg) -> list[str]:
     return out + [f"task.data {t.data}" for t in cfg.all_tasks if t.data and not os.path.isfile(t.data)]
 
 
+def output_problems(cfg) -> list[str]:
+    """output.dir as the run would find it, where its parent folder is on this machine (else it is the cluster's):
+    a place the run can write, holding no other config's run. Writes nothing."""
+    from randopt_hpc.runfolder import RunFolder
+
+    if not os.path.isdir(os.path.dirname(os.path.abspath(cfg.output.dir))):
+        return []
+    folder = RunFolder(cfg.output.dir)
+    try:
+        folder.check_writable()
+        folder.state(cfg)
+    except ConfigError as e:
+        return [str(e)]
+    return []
+
+
 SKIPPED = "the model, tokenizer, data and memory checks are skipped"
 
 
@@ -248,7 +264,7 @@ def _command():
         missing = missing_paths(cfg)
         if missing:
             click.echo(f"randopt_hpc.check: note: not on this machine: {', '.join(missing)}; {SKIPPED}", err=True)
-        found = problems(cfg, check_paths=not missing, gpu_gib=gpu_gib)
+        found = problems(cfg, check_paths=not missing, gpu_gib=gpu_gib) + output_problems(cfg)
         for p in found:
             click.echo(f"randopt_hpc.check: {' '.join(p.split())}", err=True)
         if found:

@@ -7,9 +7,11 @@ Use `@click.command(cls=Command, error_name="randopt_hpc.launch")` (or `Group`);
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
+import tempfile
 
 import click
 
@@ -41,6 +43,111 @@ def threads_option(help: str):
 DPI = click.IntRange(10, 1200)     # beyond it a figure's pixels run to gigabytes
 
 
+def listed(convert, what: str, low=None, choices=(), high=None):
+    """A click callback for a comma-separated option: each value converted (finite), in [low, high], one of
+    `choices`."""
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            vals = [convert(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            vals = []
+        if not vals or not all(math.isfinite(v) for v in vals if isinstance(v, float)) or \
+                (low is not None and min(vals) < low) or (high is not None and max(vals) > high) or \
+                (choices and set(vals) - set(choices)):
+            raise click.BadParameter(f"expected comma-separated {what}, got {value!r}")
+        return vals
+    return parse
+
+
+def out_dir(ctx, param, value):
+    """--out: a folder that can be made (or filled) here, checked before any work."""
+    problem = None if value is None else folder_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value!r}: {problem}" if not value else f"{value}: {problem}")
+    return value
+
+
+# ---------------------------------------------------------------- argparse scripts (tools/, bench/)
+class ArgParser(argparse.ArgumentParser):
+    """argparse for the scripts under tools/ and bench/, with the project's usage errors: one line
+    `PROG: error: ...` on stderr and exit status 2, not argparse's usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def integer(lo: int | None = None, hi: int | None = None):
+    """An argparse type: an integer within [lo, hi] (either bound may be open)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is not in [{'-inf' if lo is None else lo}, "
+                                             f"{'inf' if hi is None else hi}]")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+    """An argparse type: a finite float within [lo, hi] ((lo, hi] with lo_open)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        low_bad = lo is not None and (v <= lo if lo_open else v < lo)
+        if not math.isfinite(v) or low_bad or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number in {'(' if lo_open else '['}"
+                                             f"{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+def cpu_threads(text: str) -> int:
+    """An argparse type: a thread count, at most this machine's CPUs."""
+    return integer(1, os.cpu_count() or 1)(text)
+
+
+def folder_problem(path: str) -> str | None:
+    """Why a folder cannot be made or filled at `path` (one phrase), or None: found before any work, not when the
+    finished output is written."""
+    full = os.path.abspath(path) if path else ""
+    if not full:
+        return "an empty path"
+    if os.path.lexists(full) and not os.path.isdir(full):
+        return "exists and is not a folder"
+    above = full if os.path.isdir(full) else os.path.dirname(full)
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        return f"{above} is not a folder"
+    try:   # a probe, not os.access: root passes access() where mkdir then fails (/proc, read-only mounts)
+        os.rmdir(tempfile.mkdtemp(prefix=".randopt-probe-", dir=above))
+    except OSError as e:
+        return f"cannot write there ({e.strerror or e})"
+    return None
+
+
+def new_folder(text: str) -> str:
+    """An argparse type: a folder the script may create or fill (folder_problem)."""
+    problem = folder_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+def existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
+
+
 class _OneLineErrors:
     def __init__(self, *args, error_name: str = "randopt_hpc", **kwargs):
         super().__init__(*args, **kwargs)
@@ -50,9 +157,9 @@ class _OneLineErrors:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
-        except click.exceptions.NoArgsIsHelpError as e:
-            click.echo(e.ctx.get_help(), err=True)     # a bare group asks nothing wrong: show its help
-            code = 2
+        except click.exceptions.NoArgsIsHelpError as e:   # a bare group: what is missing, and what it takes
+            listed = f" (commands: {', '.join(self.list_commands(e.ctx))})" if isinstance(self, click.Group) else ""
+            code = fail(self.error_name, f"missing command{listed}; see {e.ctx.command_path} --help")
         except click.UsageError as e:
             hint = self._hint(e)
             message = e.format_message()

@@ -246,8 +246,7 @@ class Config:
         self.runtime.validate()
         self.vllm.validate()
         self.slurm.validate()
-        if self.algorithm == "es":
-            self.es.validate(self)
+        self.es.validate(self)
         validate_rounds(self)
         return self
 

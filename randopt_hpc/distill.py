@@ -367,8 +367,15 @@ def test_accuracy(cfg, folder: str, chat: bool) -> float:
 @threads_option("torch and numba CPU threads (the same count gives the same weights)")
 def main(run_dir: str, out: str, k: int | None, traces: str, unlabeled: int, epochs: int, lr: float,
          batch_size: int, seed: int, lora: str, lora_rank: int, threads: int) -> None:
+    from randopt_hpc.config import ConfigError
     from randopt_hpc.sft import Settings
 
+    try:   # the bounds of a config's `distill:` section, named as options (k: against the run, later)
+        DistillConfig(traces=traces, unlabeled=unlabeled, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      lora=lora, lora_rank=lora_rank).validate(1)
+    except ConfigError as e:
+        key, _, why = str(e).partition(": ")
+        sys.exit(fail(NAME, f"--{key.removeprefix('distill.').replace('_', '-')}: {why}"))
     settings = Settings(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, lora_rank=lora_rank)
     try:
         info = distill(run_dir, out, k, traces == "all", unlabeled, settings, lora, threads)

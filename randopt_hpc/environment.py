@@ -191,6 +191,26 @@ def process_variables(cfg, env: Environment) -> tuple[dict[str, str], dict[str, 
     return defaults, assign
 
 
+def device_problem(cfg) -> str | None:
+    """runtime.device against the CUDA devices this rank sees (after setup_process has narrowed them), as one
+    line; None when they fit. Imports torch, as the run is about to."""
+    device = cfg.runtime.device
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return (f"runtime.device: {device}, but this rank sees no CUDA device"
+                + ("" if torch.backends.cuda.is_built() else " (this torch is built without CUDA)"))
+    index = int(device.partition(":")[2] or 0)
+    need = cfg.vllm.tensor_parallel_size if cfg.backend == "vllm" else 1
+    if index >= count or need > count:
+        return (f"runtime.device: {device}" + (f" with vllm.tensor_parallel_size {need}" if need > 1 else "")
+                + f", but this rank sees {count} CUDA device(s)")
+    return None
+
+
 def setup_process(cfg, env: Environment) -> dict[str, str]:
     """The one place that writes os.environ; call once per process, before torch, numba or vLLM is used.
     Returns the variables it assigned (to be logged once logging knows the rank)."""

@@ -45,6 +45,8 @@ class EsConfig:
         require(0 < self.sigma_decay <= 1, "es.sigma_decay", f"must be in (0, 1], got {self.sigma_decay}")
         within("es.eval_every", self.eval_every, 1, 100_000)
         within("es.checkpoint_every", self.checkpoint_every, 1, 100_000)
+        if cfg.algorithm != "es":   # the section's own values are checked whatever the algorithm
+            return
         n, sigmas = cfg.population.size, cfg.population.sigmas
         require(not self.antithetic or n % 2 == 0, "population.size",
                 f"es.antithetic pairs the candidates: needs an even size, got {n}")

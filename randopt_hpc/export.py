@@ -205,21 +205,20 @@ def export(run_dir: str, out: str, member: int | None, rank: int | None, final: 
 
 
 def check_out(out: str) -> None:
-    """Refused unless `out` is absent or an empty folder, and a folder can be made where it goes: found before
-    any work, not when the finished folder is published."""
+    """Refused unless `out` is absent or an empty folder (not a link: it would be renamed over, not into), and a
+    folder can be made where it goes."""
+    from randopt_hpc.cli import folder_problem
+
     path = os.path.abspath(out)
     try:
-        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path) or os.listdir(path)):
-            raise Refused(f"--out {out}: exists and is not an empty folder")   # a link too: renamed over, not into
-        above = os.path.dirname(path)
-        while not os.path.lexists(above):
-            above = os.path.dirname(above)
-        if not os.path.isdir(above):
-            raise Refused(f"--out {out}: {above} is not a folder")
-        # A probe, not os.access: root passes access() on /proc and on read-only mounts, then mkdir fails.
-        os.rmdir(tempfile.mkdtemp(prefix=".randopt-probe-", dir=above))
+        taken = os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path) or os.listdir(path))
     except OSError as e:
-        raise Refused(f"--out {out}: cannot write there ({e.strerror or e})") from None
+        raise Refused(f"--out {out}: cannot read it ({e.strerror or e})") from None
+    if taken:
+        raise Refused(f"--out {out}: exists and is not an empty folder")
+    problem = folder_problem(out)
+    if problem:
+        raise Refused(f"--out {out}: {problem}")
 
 
 def publish(out: str, fill) -> None:

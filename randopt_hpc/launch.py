@@ -118,13 +118,18 @@ def _python_option(ctx, param, value: str | None) -> str:
     return shlex.quote(value)
 
 
-def check_folder(folder: str, given: bool) -> None:
-    """The submitit folder goes into #SBATCH --output/--error: refuse what sbatch could not read back."""
+def check_folder(folder: str, given: bool, here: bool) -> None:
+    """The submitit folder goes into #SBATCH --output/--error: refuse what sbatch could not read back, a file in
+    its place, and (here: a submission, whose folder is on this machine) a place where it cannot be made."""
+    option = "--folder" if given else "--folder (default OUTPUT.DIR/slurm, from output.dir)"
     if not dryrun.FOLDER_SAFE.fullmatch(folder):
-        option = "--folder" if given else "--folder (default OUTPUT.DIR/slurm, from output.dir)"
         raise ConfigError(f"{option}: {folder!r} would be written into #SBATCH lines, which take no shell quoting: "
                           f"use a folder whose path has {dryrun.FOLDER_CHARS} only "
                           "(--folder sets it apart from output.dir)")
+    problem = cli_errors.folder_problem(folder) if here else \
+        "exists and is not a folder" if os.path.lexists(folder) and not os.path.isdir(folder) else None
+    if problem:
+        raise ConfigError(f"{option}: {folder}: {problem}")
 
 
 SLURM_FLAGS = ("nodes", "tasks_per_node", "gpus_per_task", "cpus_per_task", "time", "partition", "account", "qos")
@@ -245,9 +250,9 @@ def executor_parameters(site: Site, opts: dict, python: str) -> dict:
 @click.option("--gpu-gib", default=check.GH200_GIB, show_default=True, type=cli_errors.Finite(0, 1e6, min_open=True),
               help="Memory of one GPU in GiB, for the memory check (randopt_hpc.check).")
 @click.option("--job-name", default="randopt", show_default=True, callback=_sbatch_option)
-@click.option("--signal-delay", default=180, show_default=True, type=click.IntRange(1),
+@click.option("--signal-delay", default=180, show_default=True, type=click.IntRange(1, 7 * 86400),
               help="Seconds before the time limit when ranks are told to stop at a candidate boundary.")
-@click.option("--max-requeues", default=10, show_default=True, type=click.IntRange(0),
+@click.option("--max-requeues", default=10, show_default=True, type=click.IntRange(0, 1000),
               help="How often a stopped (preempted or timed-out) job requeues itself.")
 @click.option("--array-parallelism", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--folder", default="", help="submitit folder for scripts, pickles and logs [OUTPUT.DIR/slurm]; "
@@ -264,8 +269,11 @@ def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
     try:
         base, root, points = resolve_points(config, overrides, sweep, site, check_paths=not dry_run)
         given, folder = bool(folder), os.path.abspath(folder or os.path.join(root, "slurm"))
-        check_folder(folder, given)
+        check_folder(folder, given, not dry_run)
         request = slurm_request(base, opts)   # a sweep never changes it (parse_sweep)
+        if opts["signal_delay"] >= request.time * 60:
+            raise ConfigError(f"--signal-delay: {opts['signal_delay']} s is not less than the time limit "
+                              f"({request.time} min): the ranks would be told to stop as the job starts")
     except ConfigError as e:
         raise SystemExit(_fail(str(e))) from None
     # Each job's config records the request it runs under (the slurm: section is no part of its results).
@@ -300,6 +308,8 @@ def cli(config, overrides, sweep, site, dry_run, wait, folder, python, **opts):
         # A folder holding another config's run fails here, not hours later in the queue; finished
         # points (a sweep submitted again after some of it failed) are not submitted again.
         todo = [i for i, (_, cfg) in enumerate(points) if RunFolder(cfg.output.dir).state(cfg) != FINISHED]
+        for i in todo:   # what the job's run would refuse at its start, hours later in the queue
+            RunFolder(points[i][1].output.dir).check_writable()
     except ConfigError as e:
         raise SystemExit(_fail(str(e))) from None
     missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]

@@ -18,8 +18,10 @@ from randopt_hpc.environment import Environment
 
 def main(argv: list[str] | None = None, environ: dict | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m randopt_hpc.requeue EXIT_CODE_OF_SRUN", file=sys.stderr)
+    if len(argv) != 1 or not (argv[0].isascii() and argv[0].isdigit()) or int(argv[0]) > 255:
+        print("randopt_hpc.requeue: error: expected one argument, srun's exit status (0..255), got "
+              f"{' '.join(map(repr, argv)) or 'none'}; usage: python -m randopt_hpc.requeue EXIT_CODE_OF_SRUN",
+              file=sys.stderr)
         return 2
     rc, env = int(argv[0]), Environment.from_os(environ)
     if rc != EXIT_PREEMPTED:

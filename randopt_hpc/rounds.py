@@ -46,7 +46,7 @@ class DistillConfig:
         within("distill.batch_size", self.batch_size, 1, 1_000_000)
         require(0 <= self.seed < 2**63, "distill.seed", f"must be in [0, 2**63), got {self.seed}")
         choice("distill.lora", self.lora, LORA)
-        within("distill.lora_rank", self.lora_rank, 1, 1_000_000)
+        within("distill.lora_rank", self.lora_rank, 1, 65_536)
 
 
 def validate_rounds(cfg) -> None:

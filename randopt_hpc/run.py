@@ -18,7 +18,7 @@ from randopt_hpc.backends import run_backend
 from randopt_hpc.comm import EXIT_INTERRUPTED, Preempted, StopFlag, exit_code, install_signals, make_comm, setup_logging
 from randopt_hpc.config import ConfigError, load_config
 from randopt_hpc.data import make_task
-from randopt_hpc.environment import Environment, setup_process
+from randopt_hpc.environment import Environment, device_problem, setup_process
 from randopt_hpc.es_run import run_es
 from randopt_hpc.evaluate import Evaluator
 from randopt_hpc.fingerprint import settings
@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"randopt_hpc: error: {problem}", file=sys.stderr)
         return 2
     stop = install_signals(StopFlag())
-    assigned = setup_process(cfg, env)
+    try:
+        assigned = setup_process(cfg, env)
+    except RuntimeError as e:   # fewer GPUs on this node than its ranks need: agreed on below, as the others
+        assigned, problem = {}, problem or f"runtime.device: {e}"
     comm = make_comm(cfg.runtime.comm, env)
     if cfg.runtime.comm != "serial" and env.launched_size not in (None, comm.size):
         # srun without the right --mpi plugin starts N one-rank worlds that would all act as rank 0.
@@ -215,11 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                   "randopt_hpc/sites/*.env)", file=sys.stderr)
         return 2
     log = setup_logging(comm.rank, comm.size)
-    for name, value in assigned.items():
-        log.info("%s=%s for this rank", name, value)
     if env.fault:
         env.fault.install(comm.rank)
     folder = RunFolder(cfg.output.dir)
+    problem = problem or device_problem(cfg)
     refused = next((p for p in comm.allgather(problem) if p), None)   # every rank's preflight, agreed on
     if refused is None:
         refused = comm.bcast(take_lock(folder, env, log) if comm.rank == 0 else None)
@@ -227,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         if comm.rank == 0:
             print(f"randopt_hpc: error: {refused}", file=sys.stderr)
         return 2
+    for name, value in assigned.items():
+        log.info("%s=%s for this rank", name, value)
     try:
         algorithm = run_rounds if cfg.rounds > 1 else run if cfg.algorithm == "randopt" else run_es
         algorithm(cfg, comm, env, log, train, test, stop, on_candidate=env.fault.hook if env.fault else None)

@@ -16,12 +16,10 @@ can be unreadable.
 """
 from __future__ import annotations
 
-import errno
 import glob
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 from randopt_hpc import atomic, records
@@ -178,15 +176,16 @@ class RunFolder:
         """A ConfigError now, before MPI starts, if the run could not write here later. Probes the folder,
         or the nearest one above it that exists, with a uniquely named folder of its own that it removes:
         nothing is left behind, and ranks probing at once do not meet."""
-        where = os.path.abspath(self.path)
-        while not os.path.lexists(where):
-            where = os.path.dirname(where)
-        try:
-            if not os.path.isdir(where):
-                raise NotADirectoryError(errno.ENOTDIR, f"{where} is not a folder")
-            os.rmdir(tempfile.mkdtemp(prefix=".randopt-write-test-", dir=where))
-        except OSError as e:
-            raise ConfigError(f"output.dir: cannot write to {self.path}: {e.strerror or e}") from None
+        from randopt_hpc.cli import folder_problem
+
+        problem = folder_problem(self.path)
+        if problem:
+            raise ConfigError(f"output.dir: {self.path}: {problem}")
+        for path in (self.results, self.run_yaml):
+            if os.path.lexists(path) and not os.path.isfile(path):   # the run would write it at the end
+                raise ConfigError(f"output.dir: {path} is not a file; remove it or choose another output.dir")
+        if os.path.lexists(self.shards_dir) and not os.path.isdir(self.shards_dir):
+            raise ConfigError(f"output.dir: {self.shards_dir} is not a folder; remove it or choose another output.dir")
 
     # ------------------------------------------------------------------ changes (rank 0, lock held)
     def clear(self) -> None:

@@ -69,7 +69,8 @@ def staged_path(model_path: str, stage_dir: str) -> str:
 
 def check_stage_dir(stage_dir: str) -> None:
     """Raise ValueError (one line, starting `runtime.stage_dir: `) unless stage_dir can hold this user's
-    staged models safely. Creates nothing, so the main program can call it before MPI starts."""
+    staged models safely. Leaves nothing behind (a probe folder is made and removed), so the main program can
+    call it before MPI starts."""
     root, mine = _root(stage_dir), user_dir(stage_dir)
     if os.path.exists(root):
         st = os.stat(root)      # follows a symlink: /dev/shm is one on some systems, and root owns it
@@ -80,6 +81,11 @@ def check_stage_dir(stage_dir: str) -> None:
             raise ValueError(f"runtime.stage_dir: {root} is writable by everyone and not sticky (mode "
                              f"{stat.S_IMODE(st.st_mode):04o}), so others could swap the staged model; choose "
                              "a folder only you can write, or one with the sticky bit such as /dev/shm")
+    from randopt_hpc.cli import folder_problem
+
+    problem = folder_problem(root)   # made, or written into, when the model is staged
+    if problem:
+        raise ValueError(f"runtime.stage_dir: {root}: {problem}")
     try:
         st = os.lstat(mine)
     except FileNotFoundError:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from randopt_hpc.configrules import choice, require
+from randopt_hpc.configrules import choice, require, within
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,7 @@ class VLLMConfig:
     MAX_KV_CACHE_GIB = 1 << 20             # not a field: a PiB; anything larger is a unit mistake (bytes for GiB)
 
     def validate(self) -> None:
-        require(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size",
-                 f"must be >= 1, got {self.tensor_parallel_size}")
+        within("vllm.tensor_parallel_size", self.tensor_parallel_size, 1, 64)   # GPUs of one engine: a node's
         require(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
                  f"must be in (0, 1], got {self.gpu_memory_utilization}")
         require(self.max_model_len is None or self.max_model_len >= 1, "vllm.max_model_len",

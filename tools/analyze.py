@@ -11,7 +11,7 @@ from contextlib import ExitStack
 
 import click
 
-from randopt_hpc.cli import DPI, Finite, Group
+from randopt_hpc.cli import DPI, Finite, Group, listed, out_dir
 from randopt_hpc.population import DEALS
 from tools import metrics, render, reports, runfile, schedules, sweep, tables
 from tools.runfile import ResultsError
@@ -93,24 +93,9 @@ def sigma(files, as_json):
 
 # ------------------------------------------------------------------------------------------ density
 
-def _listed(convert, what: str, low=None, choices=()):
-    """A click callback for a comma-separated option: each value converted, at least `low`, one of `choices`."""
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            vals = [convert(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError:
-            vals = []
-        if not vals or (low is not None and min(vals) < low) or (choices and set(vals) - set(choices)):
-            raise click.BadParameter(f"expected comma-separated {what}, got {value!r}")
-        return vals
-    return parse
-
-
 @cli.command()
 @files_arg
-@click.option("--margins", callback=_listed(float, "numbers"), metavar="M1,M2,...",
+@click.option("--margins", callback=listed(float, "numbers in [-100, 100]", -100, high=100), metavar="M1,M2,...",
               help="Margins m over the base, in accuracy points (default: "
                    f"{','.join(f'{m:g}' for m in metrics.ACCURACY_MARGINS)}; may be negative). With --on score: over "
                    "the base train score (default: an even grid from the worst to the best candidate, with 0).")
@@ -119,7 +104,8 @@ def _listed(convert, what: str, low=None, choices=()):
                    "(with format bonus), all σ pooled, as before.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="test: the control members' test accuracy (ensemble/control) against the base's.")
-@click.option("--steps", default=11, show_default=True, help="Points of the default grid of --on score.")
+@click.option("--steps", type=click.IntRange(2, 10_000), default=11, show_default=True,
+              help="Points of the default grid of --on score.")
 @json_option
 def density(files, margins, on, split, steps, as_json):
     """Solution density δ(m) = share of candidates with accuracy ≥ base accuracy + m, per σ, with 95% Wilson
@@ -204,21 +190,24 @@ def halving(files, schedule, first, eta, keep, ks, live, as_json):
 
 @cli.command()
 @files_arg
-@click.option("--ranks", default="8,200,800", show_default=True, callback=_listed(int, "integers >= 1", 1),
+@click.option("--ranks", default="8,200,800", show_default=True,
+              callback=listed(int, "integers in [1, 100000]", 1, high=100_000),
               help="Rank counts to replay on, comma-separated.")
 @click.option("--schedule", "schedules", default=",".join(DEALS), show_default=True,
-              callback=_listed(str, f"values of {', '.join(DEALS)}", choices=DEALS),
+              callback=listed(str, f"values of {', '.join(DEALS)}", choices=DEALS),
               help="runtime.schedule values, comma-separated.")
-@click.option("--n", "ns", default=None, callback=_listed(int, "integers >= 1", 1),
+@click.option("--n", "ns", default=None, callback=listed(int, "integers in [1, 10000000]", 1, high=10_000_000),
               help="Population sizes, comma-separated (default: the run's N); candidate times are drawn with "
               "replacement from the recorded ones.")
-@click.option("--members", type=click.IntRange(min=0), default=None, help="Member jobs after the ranking (default: "
-              "the run's).")
-@click.option("--test-size", type=click.IntRange(min=0), default=None, help="Test problems per member.")
+@click.option("--members", type=click.IntRange(0, 1_000_000), default=None,
+              help="Member jobs after the ranking (default: the run's).")
+@click.option("--test-size", type=click.IntRange(0, 1_000_000), default=None,
+              help="Test problems per member.")
 @click.option("--slow-share", type=Finite(0, 1), default=0.0, show_default=True,
               help="Share of candidates made --slow-factor times slower (runaway answers).")
 @click.option("--slow-factor", type=Finite(min=1), default=5.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resampling.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of the resampling.")
 @json_option
 def scale(files, ranks, schedules, ns, members, test_size, slow_share, slow_factor, seed, as_json):
     """Replay each run's recorded job times (population/seconds, jobs/) on R ranks under the strided and dynamic
@@ -298,7 +287,8 @@ def compare(a, b, as_json):
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="The RandOpt vote's K.")
 @click.option("--tolerance", type=Finite(0, 1), default=0.05, show_default=True,
               help="A RandOpt run matches an ES point when their train tokens differ by at most this share.")
-@click.option("--out", "out_dir", metavar="DIR", help="Also write es-vs-randopt.png into DIR (created).")
+@click.option("--out", "out_dir", metavar="DIR", callback=out_dir,
+              help="Also write es-vs-randopt.png into DIR (created).")
 @click.option("--dpi", type=DPI, default=100, show_default=True)
 @json_option
 def es_command(files, k, tolerance, out_dir, dpi, as_json):
@@ -330,7 +320,8 @@ def _sweep_data(files, band: str) -> dict:
 
 @cli.command()
 @files_arg
-@click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for the PNGs (created).")
+@click.option("--out", "out_dir", required=True, metavar="DIR", callback=out_dir,
+              help="Folder for the PNGs (created).")
 @click.option("--samples-from", "more", multiple=True, metavar="FILE",
               help="One FILE only: another run's results on the same test set (e.g. another "
                    "generation.temperature): its base pass@k joins passk.png. Repeatable.")

@@ -114,6 +114,8 @@ def test_ctrl_c_stops_every_rank_at_a_boundary_with_130_and_a_rerun_resumes(npro
     (["runtime.threads=100000"], "runtime.threads"),
     (["task.train_size=1e9"], "task.train_size"),
     (["output.dir=/proc/randopt"], "output.dir"),
+    (["runtime.stage_dir=/proc/randopt"], "runtime.stage_dir"),   # staging would have failed after MPI started
+    (["runtime.device=cuda:63"], "runtime.device"),               # found by each rank once MPI runs: agreed on
 ])
 def test_bad_input_on_every_rank_is_one_line_and_exit_2_before_mpi(overrides, field, tiny_model, tmp_path):
     cfg = write_config(tmp_path / "bad.yaml", tiny_model, tmp_path / "out")
@@ -123,6 +125,19 @@ def test_bad_input_on_every_rank_is_one_line_and_exit_2_before_mpi(overrides, fi
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"randopt_hpc: error: {field}"), p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_where_the_results_go_is_refused_before_the_run(tiny_model, tmp_path):
+    """results.h5 (written last) a folder: refused in one line before any candidate, not after all of them."""
+    out = tmp_path / "out"
+    (out / "results.h5").mkdir(parents=True)
+    cfg = write_config(tmp_path / "dir.yaml", tiny_model, out)
+    p = launch(cfg, 2, "output.overwrite=true", timeout=120)
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+    assert lines[0] == f"randopt_hpc: error: output.dir: {out / 'results.h5'} is not a file; remove it or choose " \
+                       "another output.dir"
+    assert sorted(os.listdir(out)) == ["results.h5"]
 
 
 def test_a_problem_on_one_rank_only_ends_every_rank_with_one_line(tiny_model, tmp_path):

@@ -370,6 +370,8 @@ def test_unreadable_files_exit_2_with_one_line(tmp_path, kind):
 
 
 def test_usage_errors_are_one_line():
+    code, out, err = run()
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("analyze: error: missing command (")
     code, _, err = run("frobnicate", "x")
     assert code == 2 and err.count("\n") == 1 and "commands: compare, density, discordance, es, halving, kcurve" in err
     code, _, err = run("density", "--margins", "a,b", "x")
@@ -384,11 +386,21 @@ def test_usage_errors_are_one_line():
     (["plot", "--dpi", "0"], "'--dpi': 0 is not in the range 10<=x<=1200"),
     (["plot", "--dpi", "100000"], "'--dpi': 100000 is not in the range"),   # gigapixels, not an error
     (["es", "--dpi", "-5"], "'--dpi': -5 is not in the range"),
+    (["density", "--on", "score", "--steps", "99999999999"], "'--steps': 99999999999 is not in the range 2<=x<=10000"),
+    (["density", "--margins", "nan"], "'--margins': expected comma-separated numbers in [-100, 100], got 'nan'"),
+    (["density", "--margins", "-1,inf"], "got '-1,inf'"),
+    (["scale", "--ranks", "99999999999"], "'--ranks': expected comma-separated integers in [1, 100000]"),
+    (["scale", "--n", "99999999999"], "'--n': expected comma-separated integers in [1, 10000000]"),
+    (["scale", "--members", "99999999999"], "'--members': 99999999999 is not in the range"),
+    (["scale", "--seed", "-1"], "'--seed': -1 is not in the range"),
+    (["plot", "--out", ""], "'--out': '': an empty path"),
+    (["plot", "--out", __file__], f"'--out': {__file__}: exists and is not a folder"),
+    (["es", "--out", "/proc/randopt-analyze"], "'--out': /proc/randopt-analyze: cannot write there"),
 ])
 def test_numbers_out_of_range_exit_2_with_one_line(demo, tmp_path, argv, match):
     """nan passes every bound of click's FloatRange; a dpi of 0 or 10^5 reached matplotlib (a traceback,
     or gigabytes of pixels)."""
-    extra = ["--out", tmp_path / "p"] if argv[0] == "plot" else []
+    extra = ["--out", tmp_path / "p"] if argv[0] == "plot" and "--out" not in argv else []
     code, out, err = run(*argv, demo, *extra)
     assert code == 2 and out == "" and err.count("\n") == 1 and match in err, err
     assert not (tmp_path / "p").exists()

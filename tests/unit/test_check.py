@@ -93,6 +93,19 @@ def test_files_on_another_machine_are_one_note_and_the_rest_is_checked():
     assert p.stderr.startswith("randopt_hpc.check: error: population.sise: unknown key")
 
 
+def test_an_output_folder_the_run_would_refuse_is_refused_here(tmp_path):
+    """What the run refuses before MPI about output.dir, check says too (where its parent is on this machine)."""
+    (tmp_path / "busy" / "results.h5").mkdir(parents=True)
+    for out, says in (("/proc/randopt-check", "output.dir: /proc/randopt-check: cannot write there ("),
+                      (tmp_path / "busy", f"output.dir: {tmp_path / 'busy' / 'results.h5'} is not a file")):
+        p = run_check(GH200, f"output.dir={out}")
+        assert p.returncode == 2 and p.stdout == "", p.stderr
+        assert p.stderr.splitlines()[1].startswith(f"randopt_hpc.check: {says}"), p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["busy"]
+    assert run_check(GH200, f"output.dir={tmp_path}/new").returncode == 0   # absent, in a folder here: fine
+    assert run_check(GH200, "output.dir=/scratch-elsewhere/out").returncode == 0   # the cluster's: not judged
+
+
 def test_a_quantized_checkpoint_is_refused_for_vllm_and_not_for_hf(qwen2, tmp_path):
     model = copy_of(tmp_path, qwen2)
     cfg = json.loads((model / "config.json").read_text())

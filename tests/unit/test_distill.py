@@ -123,6 +123,11 @@ def test_refusals(finished, capsys, tmp_path):
     refused(capsys, tmp, run_dir, "--lr", "nan", "--out", out, match="'--lr': 'nan' is not a finite number")
     refused(capsys, tmp, run_dir, "--threads", 100_000, "--out", out, match="'--threads': 100000 is not in the range")
     refused(capsys, tmp, run_dir, "--out", "/proc/randopt-distill", match="cannot write there")
+    # The bounds of a config's distill: section: nothing that would run for days or allocate terabytes.
+    refused(capsys, tmp, run_dir, "--seed", 10**23, "--out", out, match="--seed: must be in [0, 2**63)")
+    refused(capsys, tmp, run_dir, "--lora-rank", 10**11, "--out", out, match="--lora-rank: must be in [1, 65,536]")
+    refused(capsys, tmp, run_dir, "--epochs", 10**11, "--out", out, match="--epochs: must be in [1, 100,000]")
+    refused(capsys, tmp, run_dir, "--unlabeled", 10**11, "--out", out, match="--unlabeled: must be in [0, 1,000,000]")
     refused(capsys, tmp, run_dir, "--batch-size", -1, "--out", out, match="'--batch-size'")
     refused(capsys, tmp, run_dir, "--traces", "longest", "--out", out, match="'--traces'")
     refused(capsys, tmp, run_dir, match="Missing option '--out'")

@@ -146,6 +146,9 @@ def test_sweep_is_the_product_with_the_first_key_slowest():
     (("--site", "nowhere"), f"Invalid value for '--site': no site 'nowhere'; valid sites: {', '.join(SITES)}"),
     (("--nodes", "0"), "Invalid value for '--nodes'"),
     (("--gpu-gib", "nan"), "Invalid value for '--gpu-gib': 'nan' is not a finite number"),
+    (("--max-requeues", "10" * 12), "Invalid value for '--max-requeues'"),
+    (("--time", "5", "--signal-delay", "600"), "--signal-delay: 600 s is not less than the time limit (5 min)"),
+    (("--folder", "configs/demo.yaml"), "configs/demo.yaml: exists and is not a folder"),
     (("--sweep", "slurm.nodes=[1,2]"), "--sweep slurm.nodes: a job array has one Slurm request"),
     (("slurm.account=a;b",), "slurm.account: 'a;b' would be written into an #SBATCH line"),
     (("--nodes", "40"), "slurm.nodes: 160 ranks (40 nodes × 4) for population.size 128: 32 ranks would have no "
@@ -248,7 +251,11 @@ def test_requeue_step_passes_codes_through_and_asks_nothing_it_may_not(scontrol,
     assert requeue.main(["75"], {}) == 75
     assert "not requeued (RANDOPT_REQUEUE=0, restarts 0)" in capsys.readouterr().err
     assert requeue.main(["75"], {"SLURM_JOB_ID": "7", "RANDOPT_REQUEUE": "2", "SLURM_RESTART_COUNT": "2"}) == 75
-    assert requeue.main(["x"], {}) == 2
+    capsys.readouterr()
+    for bad in (["x"], ["300"], ["9" * 20], ["\u0663"], [], ["75", "75"]):   # srun's status is 0..255, given once
+        assert requeue.main(bad, {"SLURM_JOB_ID": "7", "RANDOPT_REQUEUE": "3"}) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("randopt_hpc.requeue: error: expected one argument"), err
     assert not calls.exists()
 
 
