@@ -11,13 +11,13 @@ go either way. One process, both backends in turn (vLLM's engine in this process
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from randopt_hpc.cli import ArgParser, integer  # noqa: E402
 
 
 def answers(backend, task, examples, seeds, sigma):
@@ -39,21 +39,20 @@ def first_difference(a, b) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*", help="key=value, as for randopt_hpc.run")
-    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=integer(0, 2**63 - 1), nargs="*", default=[0, 1, 2])
     args = ap.parse_args()
 
     from randopt_hpc.config import ConfigError, from_dict, load_config
-    from randopt_hpc.data import load_examples, make_task
-    from randopt_hpc.environment import Environment, setup_process
 
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"backend_agreement: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        ap.error(str(e))
+    from randopt_hpc.data import load_examples, make_task
+    from randopt_hpc.environment import Environment, setup_process
     setup_process(from_dict({"backend": "vllm", "runtime": {"threads": cfg.runtime.threads}}), Environment.from_os())
     from randopt_hpc.backends.hf import HFBackend
     from randopt_hpc.backends.vllm import VLLMBackend

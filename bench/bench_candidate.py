@@ -7,13 +7,13 @@ One process, the config's runtime.threads; the numbers are for this machine only
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from randopt_hpc.cli import ArgParser, integer  # noqa: E402
 
 
 def bench_noise(n: int = 10**7) -> list[tuple[str, float]]:
@@ -45,21 +45,26 @@ def bench_noise(n: int = 10**7) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
-    ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--candidates", type=integer(1, 10**6), default=8)
     args = ap.parse_args()
+
+    from randopt_hpc.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        ap.error(str(e))
 
     from randopt_hpc import population as pop
     from randopt_hpc.backends import make_backend
-    from randopt_hpc.config import load_config
     from randopt_hpc.data import load_examples, make_task
     from randopt_hpc.environment import Environment, setup_process
     from randopt_hpc.evaluate import Evaluator
     from randopt_hpc.progress import Timer
 
-    cfg = load_config(args.config, args.overrides)
     # As the main job: one rank's share of the cores for torch and numba, set before either starts.
     setup_process(cfg, Environment.from_os())
     import torch

@@ -10,21 +10,28 @@ of σ = 0.01 and 0.02 (2N models). One thread.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from randopt_hpc.cli import ArgParser, existing_file, integer  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--seeds", type=int, default=10)
+    ap = ArgParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=existing_file, default="configs/demo.yaml")
+    ap.add_argument("--seeds", type=integer(1, 10**4), default=10)
     ap.add_argument("--variants", action="store_true")
     args = ap.parse_args()
+
+    from randopt_hpc.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        ap.error(str(e))
 
     import torch
 
@@ -32,10 +39,8 @@ def main() -> None:
     from randopt_hpc.backends import make_backend
     from randopt_hpc.backends.base import cut_at_stop
     from randopt_hpc.backends.greedy import greedy_ids
-    from randopt_hpc.config import load_config
     from randopt_hpc.data import load_examples
 
-    cfg = load_config(args.config)
     b = make_backend(cfg)
     train, _ = load_examples(cfg)
     encs = b.encoded(train)

@@ -8,7 +8,6 @@ another folder; that folder at N; then with K added), prints each one's wall tim
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -17,6 +16,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from randopt_hpc.cli import ArgParser, folder_problem, integer  # noqa: E402
 
 
 def run(config: str, ranks: int, overrides: list[str], log: str) -> float:
@@ -41,21 +42,46 @@ def computed(log: str) -> str:
     return f"{new} candidates evaluated, {total - first} of {total} test jobs answered"
 
 
+def out_problem(out: str) -> str | None:
+    """Why --out cannot be this bench's folder (it is emptied first): not a folder that can be made, or one that
+    holds anything but an earlier bench_grow's run folders and logs."""
+    problem = folder_problem(out)
+    if problem or not os.path.isdir(out):
+        return problem
+    root, here = os.path.realpath(ROOT), os.path.realpath(out)
+    if root == here or root.startswith(os.path.join(here, "")):
+        return "holds the repository; it would be deleted"
+    other = sorted(f for f in os.listdir(out) if f not in ("fresh", "grown") and not f.endswith(".log"))
+    if other:
+        return f"is emptied first and holds more than an earlier bench_grow's output ({', '.join(other[:3])})"
+    return None
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("config", nargs="?", default="configs/demo.yaml")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--add-k", type=int, default=3)
-    p.add_argument("--out", default="runs/bench-grow")
+    p.add_argument("--n", type=integer(2, 10**5), default=64, help="the fresh run's N (the grown run starts at N/2)")
+    p.add_argument("--ranks", type=integer(1, 64), default=2)
+    p.add_argument("--add-k", type=integer(1, 10**5), default=3)
+    p.add_argument("--out", default="runs/bench-grow", help="emptied and refilled (relative to the repository)")
     a = p.parse_args()
     out = os.path.join(ROOT, a.out)
+    problem = out_problem(out)
+    if problem:
+        p.error(f"argument --out: {a.out}: {problem}")
+    from randopt_hpc.config import ConfigError, load_config
+
+    config = os.path.join(ROOT, a.config)
+    try:
+        ks = sorted(set(load_config(config, check_paths=False).selection.top_k) | {a.add_k})
+        for n, k in ((a.n // 2, None), (a.n, None), (a.n, ks)):   # every run's config, before the first starts
+            load_config(config, [f"population.size={n}", *([f"selection.top_k={k}"] if k else []),
+                                 f"output.dir={out}", "output.overwrite=false"], check_paths=False)
+    except ConfigError as e:
+        p.error(str(e))
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     fresh, grown = os.path.join(out, "fresh"), os.path.join(out, "grown")
-    from randopt_hpc.config import load_config
-
-    ks = sorted(set(load_config(os.path.join(ROOT, a.config), check_paths=False).selection.top_k) | {a.add_k})
     steps = [("fresh", fresh, [f"population.size={a.n}"]),
              (f"N={a.n // 2}", grown, [f"population.size={a.n // 2}"]),
              (f"grown to N={a.n}", grown, [f"population.size={a.n}"]),

@@ -10,7 +10,6 @@ and prints a markdown table: per seed and on average, the top-K vote's test accu
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -18,6 +17,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_grow import ROOT, run  # noqa: E402  (one way to launch a run and time it)
+
+from randopt_hpc.cli import ArgParser, folder_problem, integer  # noqa: E402
 
 
 def measures(path: str, k: int) -> dict:
@@ -32,15 +33,31 @@ def measures(path: str, k: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("config", nargs="?", default="configs/demo.yaml")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seeds", type=integer(0, 2**63 - 1), nargs="+", default=[0, 1, 2])
+    p.add_argument("--ranks", type=integer(1, 64), default=2)
+    p.add_argument("--k", type=integer(1, 10**6), default=10)
     p.add_argument("--out", default="runs/halving")
     a = p.parse_args()
     out = os.path.join(ROOT, a.out)
+    problem = folder_problem(out)
+    if problem:
+        p.error(f"argument --out: {a.out}: {problem}")
+    from randopt_hpc.config import ConfigError, load_config
+
+    try:   # every run's config (run() starts it in the repository), before the first starts
+        for seed in a.seeds:
+            for schedule in ("full", "halving"):
+                cfg = load_config(os.path.join(ROOT, a.config), [
+                    *a.overrides, f"population.seed={seed}", f"selection.schedule={schedule}",
+                    f"output.dir={os.path.join(out, f'seed{seed}-{schedule}')}", "output.overwrite=true"],
+                    check_paths=False)
+                if a.k not in cfg.selection.top_k:
+                    p.error(f"--k {a.k}: not one of the config's selection.top_k {list(cfg.selection.top_k)}")
+    except ConfigError as e:
+        p.error(str(e))
     os.makedirs(out, exist_ok=True)
     rows = []
     for seed in a.seeds:

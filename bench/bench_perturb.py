@@ -7,7 +7,6 @@ the numbers are for this machine only.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -15,6 +14,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from randopt_hpc.cli import ArgParser, cpu_threads, integer  # noqa: E402
 
 
 def median_ms(fn, reps: int) -> float:
@@ -80,9 +80,9 @@ def big_params():
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=30)
+    ap = ArgParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=cpu_threads, default=1)
+    ap.add_argument("--reps", type=integer(1, 10**5), default=30)
     ap.add_argument("--big", action="store_true", help="also a random ~85M-parameter Llama")
     args = ap.parse_args()
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)   # before numba starts its pool

@@ -12,7 +12,6 @@ schedule, against the dynamic run's measured phase. The numbers are for this mac
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import subprocess
@@ -21,6 +20,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from randopt_hpc.cli import ArgParser, integer, new_folder, number  # noqa: E402
 
 
 def run(config: str, ranks: int, schedule: str, out: str, slow: str, extra: list[str]) -> None:
@@ -34,18 +34,31 @@ def run(config: str, ranks: int, schedule: str, out: str, slow: str, extra: list
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", nargs="?", default="configs/demo.yaml")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
-    ap.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--n", type=int, default=48)
-    ap.add_argument("--test-size", type=int, default=200)
-    ap.add_argument("--slow-share", type=float, default=0.2)
-    ap.add_argument("--slow-s", type=float, default=2.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--keep", default=None, metavar="DIR", help="Write the run folders here and keep them; a run "
-                    "already finished there is not run again (its recorded times are replayed as they are).")
+    ap.add_argument("--ranks", type=integer(1, 64), nargs="+", default=[2, 4])
+    ap.add_argument("--n", type=integer(1, 10**5), default=48)
+    ap.add_argument("--test-size", type=integer(1, 10**6), default=200)
+    ap.add_argument("--slow-share", type=number(0, 1), default=0.2)
+    ap.add_argument("--slow-s", type=number(0, 3600), default=2.0)
+    ap.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
+    ap.add_argument("--keep", type=new_folder, default=None, metavar="DIR", help="Write the run folders here and "
+                    "keep them; a run already finished there is not run again (its recorded times are replayed as "
+                    "they are).")
     args = ap.parse_args()
+
+    from randopt_hpc.config import ConfigError, load_config
+
+    extra = [f"population.size={args.n}", f"task.test_size={args.test_size}", "selection.top_k=[1,5,10]",
+             *args.overrides]
+    try:   # the runs' own config (as run() passes it, in the repository), refused here, not by the first mpiexec
+        for schedule in ("strided", "dynamic"):
+            out = os.path.join(args.keep or tempfile.gettempdir(), f"{schedule}-{args.ranks[0]}")
+            load_config(os.path.join(ROOT, args.config), [f"output.dir={out}", f"runtime.schedule={schedule}",
+                                                          "output.overwrite=true", *extra], check_paths=False)
+    except ConfigError as e:
+        ap.error(str(e))
 
     import h5py
 
@@ -53,8 +66,6 @@ def main() -> int:
 
     slow_ids = sorted(random.Random(args.seed).sample(range(args.n), round(args.slow_share * args.n)))
     slow = f"{args.slow_s}:{','.join(map(str, slow_ids))}"
-    extra = [f"population.size={args.n}", f"task.test_size={args.test_size}", "selection.top_k=[1,5,10]",
-             *args.overrides]
     print(f"# bench_scale: {args.config} {' '.join(extra)}; RANDOPT_SLOW: {len(slow_ids)} of {args.n} candidates "
           f"+{args.slow_s} s ({', '.join(map(str, slow_ids))})")
     print("| ranks | schedule | population measured s | replayed s | error | test answers measured s | replayed s "

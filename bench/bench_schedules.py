@@ -12,7 +12,6 @@ perturb + restore against one plain copy of the perturbed weights. The numbers a
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
@@ -25,6 +24,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_perturb import median_ms  # noqa: E402  (one way to time a repeated call)
+
+from randopt_hpc.cli import ArgParser, integer  # noqa: E402
 
 
 def trl_style(backend, task, train, candidates, max_new_tokens: int, batch_size: int) -> tuple[float, int, float]:
@@ -120,23 +121,33 @@ def cold_cost(backend, examples, reps: int = 5) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", nargs="?", default="configs/demo.yaml")
     ap.add_argument("overrides", nargs="*")
-    ap.add_argument("--candidates", type=int, default=64)
-    ap.add_argument("--k", type=int, default=10, help="the largest K (halving keeps at least keep × K)")
+    ap.add_argument("--candidates", type=integer(1, 10**4), default=64)
+    ap.add_argument("--k", type=integer(1, 10**4), default=10, help="the largest K (halving keeps at least keep × K)")
     a = ap.parse_args()
+    if a.k > a.candidates:
+        ap.error(f"--k {a.k} is more than --candidates {a.candidates}")
 
-    from randopt_hpc import population as pop
-    from randopt_hpc.backends import make_backend
-    from randopt_hpc.config import load_config
-    from randopt_hpc.data import load_examples, make_task
-    from randopt_hpc.environment import Environment, setup_process
+    from randopt_hpc.config import ConfigError, load_config
 
     # The bench's runs: N candidates, one K, no controls or samples, a few test items (not timed).
     common = [*a.overrides, f"population.size={a.candidates}", f"selection.top_k=[{a.k}]", "selection.control=false",
               "generation.samples=0", "task.test_size=20"]
-    cfg = load_config(a.config, common)
+    try:
+        cfg = load_config(a.config, common)
+        for schedule in ("full", "halving"):   # project()'s runs, checked before the first is timed
+            load_config(a.config, [*common, f"selection.schedule={schedule}", "output.dir=bench-schedules",
+                                   "output.overwrite=true"])
+    except ConfigError as e:
+        ap.error(str(e))
+
+    from randopt_hpc import population as pop
+    from randopt_hpc.backends import make_backend
+    from randopt_hpc.data import load_examples, make_task
+    from randopt_hpc.environment import Environment, setup_process
+
     setup_process(cfg, Environment.from_os())
     import torch
 

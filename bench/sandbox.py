@@ -9,7 +9,6 @@ sequence (what 200 programs would cost without a pool). The numbers are for this
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -18,6 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from randopt_hpc.cli import ArgParser, integer  # noqa: E402
 
 PROGRAM = ["def solution(x):\n    return x + 1\n", "assert solution(2) == 3"]
 
@@ -73,9 +73,10 @@ def humaneval() -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--programs", type=int, default=200)
-    parser.add_argument("--fresh", type=int, default=40, help="programs timed with a fresh interpreter each")
+    parser = ArgParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--programs", type=integer(1, 10**6), default=200)
+    parser.add_argument("--fresh", type=integer(1, 10**5), default=40,
+                        help="programs timed with a fresh interpreter each")
     args = parser.parse_args()
     cpus = len(os.sched_getaffinity(0))
     print(f"# bench/sandbox.py\nmachine: {platform.machine()}, {cpus} cpus usable, Python {platform.python_version()}, "

@@ -10,21 +10,24 @@ Deterministic for a given --seed on one machine and thread count.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import string
 import time
 
+from randopt_hpc.cli import ArgParser, integer, new_folder
+
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHARS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]   # one token each, after SPECIALS
+VOCAB_SIZE = len(SPECIALS) + len(CHARS)
+MAX_TRAIN_STEPS = 10**5   # its synthetic problems (steps x 16) are made up front
 
 
 def build_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
-    vocab = {t: i for i, t in enumerate(SPECIALS + chars)}
+    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")   # one token per character
     tok.decoder = decoders.Fuse()
@@ -195,13 +198,15 @@ def _teach_format(model, tok, steps, batch, lr, seed):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-steps", type=int, default=None, help="tiny Llama only (default 150)")
+    ap = ArgParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=new_folder)
+    ap.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
+    ap.add_argument("--train-steps", type=integer(0, MAX_TRAIN_STEPS), default=None,
+                    help="tiny Llama only (default 150)")
     ap.add_argument("--arch", choices=ARCHS, help="an untrained model of this architecture instead")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="with --arch")
-    ap.add_argument("--eos-ids", type=int, nargs="+", help="with --arch: generation_config.json's eos_token_id")
+    ap.add_argument("--eos-ids", type=integer(0, VOCAB_SIZE - 1), nargs="+",
+                    help="with --arch: generation_config.json's eos_token_id")
     args = ap.parse_args()
     if args.arch and args.train_steps:
         ap.error("--train-steps applies to the tiny Llama only, not to --arch")

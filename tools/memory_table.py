@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 
+from randopt_hpc.cli import ArgParser
+
 # One copy of the formula: randopt_hpc.check applies it to a config's own model (python -m randopt_hpc.check).
 from randopt_hpc.memplan import GIB, per_rank
 
@@ -60,7 +62,7 @@ def _fraction(text: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu-gib", type=_positive, default=89.4, help="GPU memory (GH200 96 GB HBM3 = 89.4 GiB)")
     ap.add_argument("--utilization", type=_fraction, default=0.85, help="vllm.gpu_memory_utilization")
     ap.add_argument("--hbm-gbs", type=_positive, default=4000)

@@ -14,11 +14,14 @@ records every argument and the final training loss.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from randopt_hpc import signals
+from randopt_hpc.cli import ArgParser, integer, new_folder, number
+
+MAX_PARAMS = 10**8         # --ctx/--width/--depth: the MLP's float32 weights and Adam state stay under ~2 GB
+MAX_WINDOW_VALUES = 10**8  # --batch x (--ctx + 1): one step's windows, float64, under ~1 GB
 
 
 def pretrain(out: str, pretrain: str = "none", *, seed: int = 0, ctx: int = 10, steps: int = 1000, batch: int = 256,
@@ -70,18 +73,29 @@ def pretrain(out: str, pretrain: str = "none", *, seed: int = 0, ctx: int = 10, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.pretrain_toy", description=__doc__.split("\n\n")[0])
-    p.add_argument("out", help="the model folder to write")
+    p = ArgParser(prog="python -m tools.pretrain_toy", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=new_folder, help="the model folder to write")
     p.add_argument("--pretrain", required=True,
                    help=f"none (xavier init only) or a signal: {', '.join(signals.NAMES)}")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ctx", type=int, default=10)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
+    p.add_argument("--ctx", type=integer(1, 1 << 20), default=10)
+    p.add_argument("--steps", type=integer(0, 10**7), default=1000)
+    p.add_argument("--batch", type=integer(1, 10**7), default=256)
+    p.add_argument("--lr", type=number(0, 10, lo_open=True), default=1e-3)
+    p.add_argument("--width", type=integer(1, 1 << 20), default=128)
+    p.add_argument("--depth", type=integer(2, 1 << 20), default=5)
     a = p.parse_args(argv)
+    if a.pretrain != "none":
+        try:
+            signals.check_name(a.pretrain)
+        except ValueError as e:
+            p.error(f"--pretrain: {e}")
+    params = a.ctx * a.width + (a.depth - 2) * a.width * (a.width + 1) + 2 * a.width + 1
+    if params > MAX_PARAMS:
+        p.error(f"--ctx {a.ctx}, --width {a.width}, --depth {a.depth}: {params:,} parameters, more than "
+                f"{MAX_PARAMS:,}")
+    if a.pretrain != "none" and a.batch * (a.ctx + 1) > MAX_WINDOW_VALUES:
+        p.error(f"--batch {a.batch} x (--ctx {a.ctx} + 1) values per step, more than {MAX_WINDOW_VALUES:,}")
     try:
         pretrain(a.out, a.pretrain, seed=a.seed, ctx=a.ctx, steps=a.steps, batch=a.batch, lr=a.lr, width=a.width,
                  depth=a.depth)

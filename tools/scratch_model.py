@@ -9,10 +9,11 @@ float32, weights tied exactly as the config says. The same seed gives byte-ident
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
+
+from randopt_hpc.cli import ArgParser, integer, new_folder
 
 KEEP = ("config.json", "generation_config.json", "special_tokens_map.json", "added_tokens.json",
         "chat_template.jinja", "chat_template.json", "merges.txt")
@@ -24,10 +25,10 @@ def copied_files(like: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.scratch_model", description=__doc__.splitlines()[0])
-    ap.add_argument("out", help="the folder to write (created; its model files are overwritten)")
+    ap = ArgParser(prog="python -m tools.scratch_model", description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=new_folder, help="the folder to write (created; its model files are overwritten)")
     ap.add_argument("--like", default="models/demo", help="the model folder whose architecture to copy")
-    ap.add_argument("--seed", type=int, default=0, help="torch.manual_seed before initialisation")
+    ap.add_argument("--seed", type=integer(0, 2**63 - 1), default=0, help="torch.manual_seed before initialisation")
     a = ap.parse_args(argv)
     need = [f for f in ("config.json", "tokenizer_config.json") if not os.path.isfile(os.path.join(a.like, f))]
     if not os.path.isdir(a.like) or need:

@@ -18,7 +18,6 @@ it counts a candidate that is less wrong than a bad base as better, expert or no
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from randopt_hpc import signals
+from randopt_hpc.cli import ArgParser, integer, new_folder
 from randopt_hpc.tasks.toy import CORRECT_MSE, mse, rollout_of
 from tools import metrics, tables
 from tools.runfile import open_results, strings
@@ -214,11 +214,11 @@ def write_markdown(path: Path, command: str, heads: list[str], rows: list[list],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.toy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="population seeds")
-    p.add_argument("--ranks", type=int, default=2, help="mpiexec -n")
-    p.add_argument("--out", default="docs", help="where toy.md and plots/toy-*.png go")
-    p.add_argument("--runs", default="runs/toy", help="models and run folders")
+    p = ArgParser(prog="python -m tools.toy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=integer(0, 2**63 - 1), nargs="+", default=[0, 1, 2], help="population seeds")
+    p.add_argument("--ranks", type=integer(1, 64), default=2, help="mpiexec -n")
+    p.add_argument("--out", type=new_folder, default="docs", help="where toy.md and plots/toy-*.png go")
+    p.add_argument("--runs", type=new_folder, default="runs/toy", help="models and run folders")
     a = p.parse_args(argv)
     runs, out = Path(a.runs).resolve(), Path(a.out).resolve()   # the runs' cwd is the repository
     t0 = time.perf_counter()

@@ -16,7 +16,6 @@ writes train_log.json beside the weights.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -24,10 +23,12 @@ import os
 import random
 import time
 
+from randopt_hpc.cli import ArgParser, cpu_threads, integer, new_folder, number
 from randopt_hpc.tasks import countdown_qa
 from randopt_hpc.tasks.demo_skills import fresh_problem, sample  # noqa: F401 - fresh_problem: tests
 
 HELDOUT = 2000          # demo configs use task.seed 0 and train_size + test_size <= HELDOUT
+MAX_PARAMS = 10**9      # --hidden/--layers/--intermediate: float32 weights and AdamW state stay under ~16 GB
 MIXTURE = {"add": 1, "sub": 1, "mul": 1, "eval": 1, "verify": 1, "countdown": 2}
 
 
@@ -134,20 +135,28 @@ def train(out: str, seed: int, steps: int, batch: int, lr: float, warmup: int, h
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=1400)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--intermediate", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads; part of the recipe (sums reorder)")
-    ap.add_argument("--log-every", type=int, default=50)
+    ap = ArgParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=new_folder)
+    ap.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
+    ap.add_argument("--steps", type=integer(1, 10**7), default=1400)
+    ap.add_argument("--batch", type=integer(1, 10**4), default=128)
+    ap.add_argument("--lr", type=number(0, 10, lo_open=True), default=3e-3)
+    ap.add_argument("--warmup", type=integer(1, 10**7), default=100)
+    ap.add_argument("--hidden", type=integer(2, 1 << 16), default=128)
+    ap.add_argument("--layers", type=integer(1, 1024), default=4)
+    ap.add_argument("--heads", type=integer(1, 1024), default=4)
+    ap.add_argument("--intermediate", type=integer(1, 1 << 18), default=512)
+    ap.add_argument("--threads", type=cpu_threads, default=2, help="torch threads; part of the recipe (sums reorder)")
+    ap.add_argument("--log-every", type=integer(1, 10**7), default=50)
     a = ap.parse_args()
+    if a.hidden % a.heads or (a.hidden // a.heads) % 2:
+        ap.error(f"--hidden {a.hidden} must be --heads {a.heads} times an even head_dim (rotary embeddings)")
+    from tools.make_tiny_model import VOCAB_SIZE
+
+    params = a.layers * (4 * a.hidden ** 2 + 3 * a.hidden * a.intermediate) + 2 * VOCAB_SIZE * a.hidden
+    if params > MAX_PARAMS:
+        ap.error(f"--hidden {a.hidden}, --layers {a.layers}, --intermediate {a.intermediate}: about {params:,} "
+                 f"parameters, more than {MAX_PARAMS:,} (a CPU-trained demo model)")
     import torch
 
     torch.set_num_threads(a.threads)
