@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import tempfile
 
 _FAULTS: dict[str, object] = {}
 
@@ -98,3 +99,23 @@ def _remove(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+def folder_problem(path: str) -> str | None:
+    """Why a folder cannot be made or filled at `path` (one phrase), or None: found before any work, not when the
+    finished output is written."""
+    full = os.path.abspath(path) if path else ""
+    if not full:
+        return "an empty path"
+    if os.path.lexists(full) and not os.path.isdir(full):
+        return "exists and is not a folder"
+    above = full if os.path.isdir(full) else os.path.dirname(full)
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        return f"{above} is not a folder"
+    try:   # a probe, not os.access: root passes access() where mkdir then fails (/proc, read-only mounts)
+        os.rmdir(tempfile.mkdtemp(prefix=".randopt-probe-", dir=above))
+    except OSError as e:
+        return f"cannot write there ({e.strerror or e})"
+    return None

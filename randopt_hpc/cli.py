@@ -11,9 +11,10 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 
 import click
+
+from randopt_hpc.atomic import folder_problem
 
 
 def fail(name: str, message: str) -> int:
@@ -112,26 +113,6 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
 def cpu_threads(text: str) -> int:
     """An argparse type: a thread count, at most this machine's CPUs."""
     return integer(1, os.cpu_count() or 1)(text)
-
-
-def folder_problem(path: str) -> str | None:
-    """Why a folder cannot be made or filled at `path` (one phrase), or None: found before any work, not when the
-    finished output is written."""
-    full = os.path.abspath(path) if path else ""
-    if not full:
-        return "an empty path"
-    if os.path.lexists(full) and not os.path.isdir(full):
-        return "exists and is not a folder"
-    above = full if os.path.isdir(full) else os.path.dirname(full)
-    while not os.path.lexists(above):
-        above = os.path.dirname(above)
-    if not os.path.isdir(above):
-        return f"{above} is not a folder"
-    try:   # a probe, not os.access: root passes access() where mkdir then fails (/proc, read-only mounts)
-        os.rmdir(tempfile.mkdtemp(prefix=".randopt-probe-", dir=above))
-    except OSError as e:
-        return f"cannot write there ({e.strerror or e})"
-    return None
 
 
 def new_folder(text: str) -> str:

@@ -207,7 +207,7 @@ def export(run_dir: str, out: str, member: int | None, rank: int | None, final: 
 def check_out(out: str) -> None:
     """Refused unless `out` is absent or an empty folder (not a link: it would be renamed over, not into), and a
     folder can be made where it goes."""
-    from randopt_hpc.cli import folder_problem
+    from randopt_hpc.atomic import folder_problem
 
     path = os.path.abspath(out)
     try:

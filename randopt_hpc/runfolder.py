@@ -176,9 +176,7 @@ class RunFolder:
         """A ConfigError now, before MPI starts, if the run could not write here later. Probes the folder,
         or the nearest one above it that exists, with a uniquely named folder of its own that it removes:
         nothing is left behind, and ranks probing at once do not meet."""
-        from randopt_hpc.cli import folder_problem
-
-        problem = folder_problem(self.path)
+        problem = atomic.folder_problem(self.path)
         if problem:
             raise ConfigError(f"output.dir: {self.path}: {problem}")
         for path in (self.results, self.run_yaml):

@@ -24,7 +24,7 @@ import struct
 import tempfile
 from collections.abc import Callable, Iterator
 
-from randopt_hpc.atomic import fsync_dir, fsync_file
+from randopt_hpc.atomic import folder_problem, fsync_dir, fsync_file
 
 MARKER = ".randopt_staged"
 MARKER_FORMAT = 1
@@ -81,8 +81,6 @@ def check_stage_dir(stage_dir: str) -> None:
             raise ValueError(f"runtime.stage_dir: {root} is writable by everyone and not sticky (mode "
                              f"{stat.S_IMODE(st.st_mode):04o}), so others could swap the staged model; choose "
                              "a folder only you can write, or one with the sticky bit such as /dev/shm")
-    from randopt_hpc.cli import folder_problem
-
     problem = folder_problem(root)   # made, or written into, when the model is staged
     if problem:
         raise ValueError(f"runtime.stage_dir: {root}: {problem}")
