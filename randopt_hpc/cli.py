@@ -22,6 +22,24 @@ def fail(name: str, message: str) -> int:
     return 2
 
 
+def foreign_number(args) -> str | None:
+    """int() and float() read any script's digits ('٣' is 3): a number on a command line is written with 0-9, as
+    in a config. The complaint about the first argument that is not, or None."""
+    for arg in args:
+        value = arg.partition("=")[2] if arg.startswith("--") else arg
+        if not value.isascii():
+            try:
+                float(value)
+            except ValueError:
+                continue
+            return f"{arg!r}: a number with digits other than 0-9"
+    return None
+
+
+class _Plain(click.UsageError):
+    """A usage error about the arguments themselves: no hint about options or commands."""
+
+
 class Finite(click.FloatRange):
     """click's FloatRange lets nan past every bound (each comparison with nan is false): this one also
     refuses nan and ±inf."""
@@ -77,6 +95,12 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        foreign = foreign_number(sys.argv[1:] if args is None else args)
+        if foreign:
+            self.error(foreign)
+        return super().parse_known_args(args, namespace)
 
 
 def integer(lo: int | None = None, hi: int | None = None):
@@ -154,7 +178,15 @@ class _OneLineErrors:
             sys.exit(code)
         return code
 
+    def parse_args(self, ctx, args):
+        foreign = foreign_number(args)
+        if foreign:
+            raise _Plain(foreign, ctx)
+        return super().parse_args(ctx, args)
+
     def _hint(self, e: click.UsageError) -> str:
+        if isinstance(e, _Plain):
+            return ""
         here = e.ctx.command if e.ctx else self
         if isinstance(e, click.NoSuchOption):
             valid = sorted(o for p in here.params for o in p.opts if o.startswith("--"))

@@ -6,6 +6,7 @@ one line and exits 2, before MPI or any model is touched.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -189,10 +190,12 @@ class RuntimeConfig:
         require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "runtime.device",
                  f"must be cpu, cuda or cuda:N, got {self.device!r}")
         choice("runtime.noise_impl", self.noise_impl, ("auto", "torch", "numba"))
-        require(self.progress_every_s > 0, "runtime.progress_every_s", "must be > 0")
+        require(0 < self.progress_every_s <= 86_400, "runtime.progress_every_s",
+                f"must be in (0, 86400] seconds, got {self.progress_every_s}")
         require(self.stage_dir is None or bool(self.stage_dir.strip()), "runtime.stage_dir",
                  "must be a folder or null, got an empty string")
-        require(self.stop_grace_s >= 0, "runtime.stop_grace_s", f"must be >= 0, got {self.stop_grace_s}")
+        require(0 <= self.stop_grace_s <= 86_400, "runtime.stop_grace_s",
+                f"must be in [0, 86400] seconds, got {self.stop_grace_s}")
         choice("runtime.schedule", self.schedule, DEALS)
         choice("runtime.decoder", self.decoder, DECODERS)
 
@@ -294,7 +297,13 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         raise ConfigError(f"{name}: expected an integer, got {value!r}")
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:   # an integer past float's range
+                number = math.inf
+            if not math.isfinite(number):   # YAML's .inf and 1e309 read as infinity
+                raise ConfigError(f"{name}: expected a finite number, got {str(value)[:24]}")
+            return number
         raise ConfigError(f"{name}: expected a number, got {value!r}")
     if typ is str:
         if isinstance(value, str):

@@ -62,7 +62,7 @@ def read_run(run_dir: str, member: int | None, rank: int | None, final: bool = F
     cfg, folder = finished(run_dir)
     if (cfg.algorithm == "es") != final:
         raise Refused("an ES run: export its final θ with --final" if final is False else
-                      "--final: only an ES run (algorithm: es) has a final θ; give --member I or --rank R")
+                      "--final: only an ES run (algorithm: es) has a final θ; give a member by --rank R")
     if final:
         return (cfg, *read_es(folder.results, cfg))
     with h5py.File(folder.results, "r") as f:

@@ -179,11 +179,19 @@ class RunFolder:
         problem = atomic.folder_problem(self.path)
         if problem:
             raise ConfigError(f"output.dir: {self.path}: {problem}")
+        problem = self.layout_problem()
+        if problem:
+            raise ConfigError(f"output.dir: {problem}; remove it or choose another output.dir")
+
+    def layout_problem(self) -> str | None:
+        """A file of the run's where a folder goes, or the other way round (a link that leads nowhere too): the
+        run would fail on it at its end, status would misread it."""
         for path in (self.results, self.run_yaml):
-            if os.path.lexists(path) and not os.path.isfile(path):   # the run would write it at the end
-                raise ConfigError(f"output.dir: {path} is not a file; remove it or choose another output.dir")
+            if os.path.lexists(path) and not os.path.isfile(path):
+                return f"{path} is not a file"
         if os.path.lexists(self.shards_dir) and not os.path.isdir(self.shards_dir):
-            raise ConfigError(f"output.dir: {self.shards_dir} is not a folder; remove it or choose another output.dir")
+            return f"{self.shards_dir} is not a folder"
+        return None
 
     # ------------------------------------------------------------------ changes (rank 0, lock held)
     def clear(self) -> None:

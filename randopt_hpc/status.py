@@ -26,6 +26,9 @@ def summarize(out_dir: str, now: float | None = None) -> dict:
     folder = RunFolder(out_dir)
     if not folder.started:
         raise FileNotFoundError(f"{out_dir}: no {RUN_YAML}; not a randopt_hpc run folder")
+    damaged = folder.layout_problem()
+    if damaged:
+        raise ValueError(f"{out_dir}: {damaged}; the folder is damaged (a rerun refuses it)")
     cfg = folder.config()
     n = cfg.population.size * (cfg.es.iterations if cfg.algorithm == "es" else 1)   # ES: candidates of every iteration
     now = time.time() if now is None else now

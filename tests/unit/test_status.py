@@ -62,3 +62,23 @@ def test_sweep_folder_shows_each_point(tmp_path):
                        timeout=60)
     assert p.returncode == 0, p.stderr
     assert "4/10" in p.stdout and "not started" in p.stdout and "0/2 points finished" in p.stdout
+
+
+@pytest.mark.parametrize("damage", ["shards a file", "results.h5 a folder", "results.h5 a link to itself"])
+def test_a_damaged_layout_is_one_line_and_exit_2(tmp_path, damage):
+    """A folder whose shards/ is a file reads as no candidates and a finished run; say what is wrong instead."""
+    import shutil
+
+    (tmp_path / "run").mkdir()
+    run = _folder(tmp_path / "run")
+    if damage == "shards a file":
+        shutil.rmtree(run / "shards")
+        (run / "shards").write_text("")
+    elif damage == "results.h5 a folder":
+        (run / "results.h5").mkdir()
+    else:
+        (run / "results.h5").symlink_to("results.h5")
+    p = subprocess.run([sys.executable, "-m", "randopt_hpc.status", str(run)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"randopt_hpc.status: error: {run}: {run}/") and "the folder is damaged" in p.stderr
