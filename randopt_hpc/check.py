@@ -6,7 +6,7 @@ What it reads, with plain file reads and no torch, transformers or vLLM import: 
 vLLM: the checks its worker makes at start-up), the chat template, the task data (randopt_hpc.data), the
 memory per rank (weights, pristine copy, KV cache) and the `slurm:` request against the rest of the config.
 Prints the memory estimate and `check: ok`, or one line per problem on stderr and exits 2. `launch` runs it
-before every submission, `run` its model part before MPI starts (run.preflight).
+before every submission, `run` its model part before MPI starts (preflight).
 
 Not checked: whether the installed transformers knows an architecture for backend hf (its table of model
 types takes seconds to import), the cluster's host memory, and what vLLM itself refuses beyond randopt_hpc.tp.
@@ -238,6 +238,31 @@ def output_problems(cfg) -> list[str]:
     except ConfigError as e:
         return [str(e)]
     return []
+
+
+def preflight(cfg, folder, env) -> str | None:
+    """What would fail after MPI starts, found before (run.load, on every rank; `folder` the RunFolder of
+    output.dir): the first problem as one line, or None."""
+    from randopt_hpc.lock import LockError
+    from randopt_hpc.stage import check_stage_dir
+
+    cpus = os.cpu_count() or 1
+    try:
+        folder.lock.check(env)
+        # The model folder's files, its tensors against the backend's layouts, the chat template (file reads only).
+        found = model_problems(cfg)[0]
+        if found:
+            raise ConfigError(found[0])
+        if cfg.runtime.stage_dir:
+            check_stage_dir(cfg.runtime.stage_dir)
+        if cfg.runtime.threads > cpus:
+            raise ConfigError(f"runtime.threads: {cfg.runtime.threads} threads per rank, but this machine has "
+                              f"{cpus} CPUs")
+        folder.check_writable()     # last: the folder it may create is the run's own
+    except (ConfigError, LockError, ValueError) as e:   # ModelError and stage_dir's refusals are ValueErrors
+        return str(e)
+    return None
+
 
 
 SKIPPED = "the model, tokenizer, data and memory checks are skipped"

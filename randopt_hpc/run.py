@@ -290,30 +290,9 @@ def load(argv: list[str], env) -> tuple | None:
             print(f"randopt_hpc: {folder.results} is already finished for this config; nothing to do "
                   "(output.overwrite=true starts afresh)", file=sys.stderr)
         return None
+    from randopt_hpc.check import preflight
+
     return cfg, train, test, preflight(cfg, folder, env)
-
-
-def preflight(cfg, folder: RunFolder, env) -> str | None:
-    """What would fail after MPI starts, found before: the first problem as one line, or None."""
-    from randopt_hpc.check import model_problems
-    from randopt_hpc.stage import check_stage_dir
-
-    cpus = os.cpu_count() or 1
-    try:
-        folder.lock.check(env)
-        # The model folder's files, its tensors against the backend's layouts, the chat template (file reads only).
-        found = model_problems(cfg)[0]
-        if found:
-            raise ConfigError(found[0])
-        if cfg.runtime.stage_dir:
-            check_stage_dir(cfg.runtime.stage_dir)
-        if cfg.runtime.threads > cpus:
-            raise ConfigError(f"runtime.threads: {cfg.runtime.threads} threads per rank, but this machine has "
-                              f"{cpus} CPUs")
-        folder.check_writable()     # last: the folder it may create is the run's own
-    except (ConfigError, LockError, ValueError) as e:   # ModelError and stage_dir's refusals are ValueErrors
-        return str(e)
-    return None
 
 
 def take_lock(folder: RunFolder, env, log) -> str | None:
