@@ -121,10 +121,11 @@ def run_es(cfg, comm, env, log, train, test, stop, *, backend=None, on_candidate
     names = list(ev.backend.names)
     start = load_checkpoint(cfg.output.dir, upto, names, fingerprint, log)
     # Rank 0 hashes every θ_t for the results; the others only their θ_T, which rank 0 checks against its own.
-    t0, hashes = 0, [theta_hash(ev.backend.base_tensors()) if rank == 0 else ""]
     if start:
         t0, tensors, hashes = start
         ev.backend.load_base(tensors)
+    else:
+        t0, hashes = 0, [theta_hash(ev.backend.base_tensors()) if rank == 0 else ""]
     log.info("es: %d iterations of %d candidates, %d finished; from θ_%d (%s); %d train / %d test examples",
              T, n, first_open, t0, "checkpoint" if start else "the model", len(train), len(test))
     answered = []
@@ -156,9 +157,11 @@ def run_es(cfg, comm, env, log, train, test, stop, *, backend=None, on_candidate
         scores = [objective.exact(done.candidates[c.index].answers.rewards) for c in iters[t]]
         with timer("update"):
             ev.backend.shift(E.update_terms(cfg.es, iters[t], scores, abs(iters[t][0].sigma)))
-        hashes.append(theta_hash(ev.backend.base_tensors()) if rank == 0 or t + 1 == T else "")
+        # θ read once per iteration (on vLLM a gather from the workers), for its hash and any checkpoint.
+        theta = ev.backend.base_tensors() if rank == 0 or t + 1 == T else None
+        hashes.append(theta_hash(theta) if theta is not None else "")
         if rank == 0 and ((t + 1) % cfg.es.checkpoint_every == 0 or t + 1 == T):
-            save_checkpoint(cfg.output.dir, t + 1, ev.backend.base_tensors(), hashes, fingerprint)
+            save_checkpoint(cfg.output.dir, t + 1, theta, hashes, fingerprint)
         if rank == 0:
             mean = sum(float(s) for s in scores) / n
             log.info("es: iteration %d/%d: mean train score %.4f, best %.4f", t + 1, T, mean, float(max(scores)))
